@@ -1,0 +1,35 @@
+# One-command set-up: `make lab`, `make test`, `make demo` create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.panet_lite-installed
+NB_TIMEOUT ?= 600
+
+.PHONY: lab test test-fast demo notebooks clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+lab: $(STAMP)  ## open the course in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+test: $(STAMP)  ## unit tests, then every notebook under nbval
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=$(NB_TIMEOUT) -p no:randomly
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/python -m pytest tests
+
+demo: $(STAMP)  ## train a small PANet on the embedded dataset and report unseen-fold mIoU
+	$(BIN)/python -m panet_lite demo
+
+notebooks: $(STAMP)  ## re-execute every chapter in place, in a fresh kernel each
+	for nb in notebooks/[0-9]*.ipynb; do \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=$(NB_TIMEOUT) "$$nb" || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,207 @@
+"""Command line: `python -m panet_lite {demo,prepare,train,test,reproduce,paper}`; flags mirror the config dataclasses."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import MISSING, fields, replace
+
+from .demo import DemoConfig
+from .evaluate import EvalConfig
+from .train import TrainConfig
+
+COMMANDS = {
+    "demo": "train a small PANet on the embedded dataset (CPU, ~3 min) and report unseen-fold mIoU",
+    "prepare": "download (if missing) and prepare PASCAL VOC + SBD or COCO 2014 for few-shot episodes",
+    "train": "train PANet on a fold (the paper's recipe by default); rerunning resumes",
+    "test": "test a checkpoint with the faithful (default) or standard protocol",
+    "reproduce": "train and test all folds and shot counts; write the table beside the paper's",
+    "paper": "print the paper's published table",
+}
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=(), defaults: dict | None = None) -> None:
+    """One --flag per dataclass field, with the field's default (or an override) and type."""
+    defaults = defaults or {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool) and f.name != "pretrained":
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
+        elif f.name == "pretrained":
+            parser.add_argument(flag, default=default, type=_bool_or_path,
+                                help="true, false, or a local .pth state dict (default: %(default)s)")
+        elif f.name == "milestones":
+            parser.add_argument(flag, default=default, type=lambda s: tuple(int(x) for x in s.split(",") if x),
+                                help="comma-separated steps (default: %(default)s)")
+        elif f.name in ("size", "save_episodes"):
+            parser.add_argument(flag, default=default, type=_none_or(int if f.name == "size" else str),
+                                help="(default: %(default)s)")
+        else:
+            parser.add_argument(flag, default=default, type=type(default), help="(default: %(default)s)")
+
+
+def _bool_or_path(s: str):
+    return {"true": True, "false": False}.get(s.lower(), s)
+
+
+def _none_or(kind):
+    return lambda s: None if s.lower() == "none" else kind(s)
+
+
+def _pick(ns: argparse.Namespace, cls):
+    return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)})
+
+
+def _data_args(p: argparse.ArgumentParser, fold_required: bool = True) -> None:
+    p.add_argument("--dataset", choices=("pascal5i", "coco20i", "synthetic"), default="pascal5i")
+    p.add_argument("--root", help="prepared data directory (see `prepare`); not needed for synthetic")
+    if fold_required:
+        p.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0,1,2,3}")
+    p.add_argument("--synthetic-size", type=int, default=64, help="image side of the embedded dataset")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m panet_lite", description="PANet few-shot segmentation: course companion and reproduction.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
+    add_dataclass_args(p, DemoConfig)
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+
+    p = sub.add_parser("prepare", help=COMMANDS["prepare"], description=COMMANDS["prepare"])
+    p.add_argument("dataset", choices=("pascal", "coco"))
+    p.add_argument("--root", required=True, help="data directory (VOCdevkit/ and SBD/, or COCO's folders)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading")
+
+    p = sub.add_parser("train", help=COMMANDS["train"], description=COMMANDS["train"])
+    _data_args(p)
+    add_dataclass_args(p, TrainConfig)
+    p.add_argument("--out", help="run directory (default: runs/DATASET/foldF-Nway-Kshot)")
+
+    p = sub.add_parser("test", help=COMMANDS["test"], description=COMMANDS["test"])
+    _data_args(p)
+    add_dataclass_args(p, EvalConfig)
+    p.add_argument("--checkpoint", help="checkpoint.pt written by `train`")
+    p.add_argument("--notrain", action="store_true", help="no checkpoint: ImageNet features only (paper's baseline)")
+    p.add_argument("--backbone", default="vgg16", help="encoder for --notrain (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+
+    p = sub.add_parser("reproduce", help=COMMANDS["reproduce"], description=COMMANDS["reproduce"])
+    _data_args(p, fold_required=False)
+    p.add_argument("--folds", default="0,1,2,3", help="comma-separated folds (default: %(default)s)")
+    p.add_argument("--shot-list", default="1,5", help="comma-separated shot counts (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
+    add_dataclass_args(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp"))
+    add_dataclass_args(p, EvalConfig, skip=("ways", "shots", "queries", "batch_size", "workers", "save_episodes",
+                                            "seed"))
+
+    sub.add_parser("paper", help=COMMANDS["paper"], description=COMMANDS["paper"])
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("once")
+    try:
+        return COMMAND_FUNCTIONS[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        # Bad input and missing data end with one clear line, not a traceback.
+        return _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted; rerun the same command to resume from the last checkpoint")
+
+
+def cmd_demo(args) -> int:
+    from .demo import format_report, run_demo
+
+    result = run_demo(_pick(args, DemoConfig), progress=not args.json)
+    print(format_report(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    if args.dataset == "pascal":
+        from .pascal import prepare_pascal as prepare
+    else:
+        from .coco import prepare_coco as prepare
+    report = prepare(args.root, download=args.download)
+    print(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .reproduce import run_dir
+    from .sources import benchmark, open_source, split_for
+    from .train import train
+
+    cfg = _pick(args, TrainConfig)
+    out = args.out or run_dir(f"runs/{args.dataset}", args.fold, cfg.shots, cfg.ways)
+    source = open_source(args.dataset, args.root, split_for(args.dataset, "train"), args.synthetic_size)
+    train(source, benchmark(args.dataset).train_classes(args.fold), cfg, out=out)
+    print(f"checkpoint: {out}/checkpoint.pt")
+    return 0
+
+
+def cmd_test(args) -> int:
+    from .evaluate import evaluate
+    from .model import PANet
+    from .sources import benchmark, open_source, split_for
+    from .train import load_model
+
+    cfg = _pick(args, EvalConfig)
+    if args.notrain:
+        model = PANet(args.backbone, pretrained=True)
+    elif args.checkpoint:
+        model = load_model(args.checkpoint)
+    else:
+        raise ValueError("give --checkpoint RUN/checkpoint.pt, or --notrain for ImageNet features only")
+    if cfg.protocol == "standard" and cfg.save_episodes is None:
+        cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/episodes-standard-fold{args.fold}-{cfg.shots}shot.json")
+    source = open_source(args.dataset, args.root, split_for(args.dataset, cfg.protocol), args.synthetic_size)
+    result = evaluate(model, source, benchmark(args.dataset).test_classes(args.fold), cfg, progress=not args.json)
+    print(f"{cfg.protocol} protocol, fold {args.fold}, {cfg.ways}-way {cfg.shots}-shot, "
+          f"{cfg.runs} x {cfg.episodes} episodes")
+    print(f"  mIoU   {100 * result.miou:.1f} ± {100 * result.miou_std:.1f}")
+    print(f"  FB-IoU {100 * result.fb_iou:.1f} ± {100 * result.fb_iou_std:.1f}")
+    for c, v in result.class_iou.items():
+        print(f"  class {c:2d} IoU {100 * v:.1f}")
+    if cfg.save_episodes:
+        print(f"  episodes saved to {cfg.save_episodes}")
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import markdown, reproduce
+
+    folds = [int(f) for f in args.folds.split(",")]
+    shots = [int(k) for k in args.shot_list.split(",")]
+    train_cfg, eval_cfg = _pick(args, TrainConfig), _pick(args, EvalConfig)
+    table = reproduce(args.dataset, args.root, args.out or f"runs/{args.dataset}", train_cfg, eval_cfg, folds,
+                      shots, synthetic_size=args.synthetic_size)
+    print(markdown(table))
+    return 0
+
+
+def cmd_paper(args) -> int:
+    from .paper import markdown_table
+
+    print(markdown_table())
+    return 0
+
+
+COMMAND_FUNCTIONS = {"demo": cmd_demo, "prepare": cmd_prepare, "train": cmd_train, "test": cmd_test,
+                     "reproduce": cmd_reproduce, "paper": cmd_paper}

@@ -1,0 +1,176 @@
+"""Feature encoders at output stride 8: PANet's VGG-16, a dilated ResNet-50 and a small CPU CNN."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# (out_channels, n_convs) of VGG-16's five blocks.
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+class PretrainedWeightsUnavailable(UserWarning):
+    """ImageNet weights could not be fetched; the encoder keeps its random initialisation."""
+
+
+def _conv(c_in: int, c_out: int, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, padding=dilation, dilation=dilation)
+
+
+def _pool(stride: int) -> nn.MaxPool2d:
+    # PANet uses 3x3 pools with padding 1 (not VGG's 2x2), so a 417 input gives 209, 105, 53.
+    return nn.MaxPool2d(kernel_size=3, stride=stride, padding=1)
+
+
+def _kaiming_init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
+class VGG16Encoder(nn.Sequential):
+    """PANet's VGG-16 trunk: (B, 3, H, W) -> (B, 512, ceil(H/8), ceil(W/8)).
+
+    Pools after blocks 1-3 halve the resolution, the pool after block 4 has stride 1, block 5
+    is dilated by 2 and conv5_3 is not followed by a ReLU. Its parameters are, in order, the 13
+    convolutions' (weight, bias) pairs with torchvision's shapes, so weights copy by position.
+    """
+
+    out_channels = 512
+
+    def __init__(self) -> None:
+        layers: list[nn.Module] = []
+        c_in = 3
+        for block, (c_out, n_convs) in enumerate(VGG16_BLOCKS):
+            dilation = 2 if block == 4 else 1
+            for _ in range(n_convs):
+                layers += [_conv(c_in, c_out, dilation), nn.ReLU(inplace=True)]
+                c_in = c_out
+            if block < 3:
+                layers.append(_pool(stride=2))
+            elif block == 3:
+                layers.append(_pool(stride=1))
+        super().__init__(*layers[:-1])  # drop the ReLU after conv5_3
+        _kaiming_init(self)
+
+
+class SmallEncoder(nn.Sequential):
+    """A small CNN with PANet's stride-8 layout, for the CPU chapters: (B, 3, H, W) -> (B, C, H/8, W/8).
+
+    Three blocks of two 3x3 convolutions (32, 64, 128 channels) with the same 3x3/stride-2 pools
+    as PANet's VGG, then a dilated block and, as in PANet, no ReLU on the last convolution.
+    About 0.5 M parameters: an episode costs milliseconds on a laptop CPU.
+    """
+
+    def __init__(self, width: int = 32, out_channels: int = 128) -> None:
+        widths = (width, 2 * width, 4 * width)
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in widths:
+            layers += [_conv(c_in, c_out), nn.ReLU(inplace=True), _conv(c_out, c_out), nn.ReLU(inplace=True)]
+            layers.append(_pool(stride=2))
+            c_in = c_out
+        layers += [_conv(c_in, out_channels, dilation=2), nn.ReLU(inplace=True), _conv(out_channels, out_channels, dilation=2)]
+        super().__init__(*layers)
+        self.out_channels = out_channels
+        _kaiming_init(self)
+
+
+class ResNet50Encoder(nn.Module):
+    """torchvision's ResNet-50 with layer3/layer4 strides replaced by dilation (output stride 8).
+
+    `layer` picks the feature map that is returned: "layer3" (1024 channels, the default: more
+    generic than layer4, whose ImageNet features are tuned to the 1000 training classes) or
+    "layer4" (2048 channels).
+    """
+
+    def __init__(self, layer: str = "layer3", pretrained: bool | str | Path = False) -> None:
+        super().__init__()
+        from torchvision.models import resnet50
+
+        if layer not in ("layer3", "layer4"):
+            raise ValueError(f"layer must be 'layer3' or 'layer4', got {layer!r}")
+        net = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
+        if pretrained:
+            state = _fetch_state_dict(pretrained, "ResNet50_Weights", "IMAGENET1K_V1")
+            if state is not None:
+                net.load_state_dict(state)
+        self.layer = layer
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
+        self.layer4 = net.layer4 if layer == "layer4" else None
+        self.out_channels = 2048 if layer == "layer4" else 1024
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.layer4(x) if self.layer4 is not None else x
+
+
+_warned: set[str] = set()
+
+
+def _fetch_state_dict(pretrained: bool | str | Path, enum_name: str, member: str) -> dict | None:
+    """torchvision's ImageNet state dict (downloaded once, cached), or a local .pth file.
+
+    Returns None, after one clear warning, when the download is impossible (e.g. offline).
+    """
+    if not isinstance(pretrained, bool):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    import torchvision.models as tvm
+
+    weights = getattr(getattr(tvm, enum_name), member)
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as exc:  # no network, proxy, corrupt cache: all end the same way
+        if enum_name not in _warned:
+            _warned.add(enum_name)
+            warnings.warn(
+                f"could not download {enum_name}.{member} ({type(exc).__name__}: {exc}); the encoder "
+                f"keeps its random initialisation. To use ImageNet weights offline, download "
+                f"{weights.url} elsewhere and pass pretrained='path/to/file.pth'.",
+                PretrainedWeightsUnavailable,
+                stacklevel=3,
+            )
+        return None
+
+
+def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = True) -> bool:
+    """Copy the first 26 tensors (13 conv weights and biases) of a VGG-16 state dict into `encoder`.
+
+    `pretrained=True` uses torchvision's `VGG16_Weights.IMAGENET1K_V1` (vgg16-397923af.pth);
+    a path loads a local copy of a state dict in torchvision's layout. Returns whether weights
+    were loaded (False when the download was impossible).
+    """
+    state = _fetch_state_dict(pretrained, "VGG16_Weights", "IMAGENET1K_V1")
+    if state is None:
+        return False
+    tensors = list(state.values())[:26]
+    params = list(encoder.parameters())
+    if len(tensors) < 26 or any(t.shape != p.shape for t, p in zip(tensors, params)):
+        raise ValueError("the state dict does not start with VGG-16's 13 conv (weight, bias) pairs")
+    with torch.no_grad():
+        for p, t in zip(params, tensors):
+            p.copy_(t)
+    return True
+
+
+def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_layer: str = "layer3") -> nn.Module:
+    """The encoder named by `backbone`: "vgg16" (the paper's), "resnet50" or "small"."""
+    if backbone == "vgg16":
+        encoder = VGG16Encoder()
+        if pretrained:
+            load_vgg16_weights(encoder, pretrained)
+        return encoder
+    if backbone == "resnet50":
+        return ResNet50Encoder(resnet_layer, pretrained)
+    if backbone == "small":
+        if pretrained:
+            raise ValueError("the small encoder has no ImageNet weights; use pretrained=False")
+        return SmallEncoder()
+    raise ValueError(f"unknown backbone {backbone!r}; choose 'vgg16', 'resnet50' or 'small'")

@@ -1,0 +1,158 @@
+"""N-way K-shot episodes: the authors' sampler, draw for draw, and episodes as batched tensors."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .data import IGNORE, SegmentationSource
+from .model import normalize
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Image ids of one episode. `ways` index into the class lists it was drawn from."""
+
+    ways: list[int]  # (N,) indices into class_lists, in draw order
+    support: list[list[str]]  # (N, K) image ids, way-major
+    query: list[str]  # (Q,) image ids
+    query_ways: list[int]  # (Q,) the way (0..N-1) each query was drawn for
+
+
+def queries_per_way(rng: random.Random, n_ways: int, n_queries: int) -> list[int]:
+    """How many of the Q queries each way gets: bincount of Q uniform draws (once per dataset)."""
+    cnt = [0] * n_ways
+    for w in rng.choices(range(n_ways), k=n_queries):
+        cnt[w] += 1
+    return cnt
+
+
+def sample_episodes(class_lists: Sequence[Sequence[str]], n_episodes: int, n_ways: int, n_shots: int,
+                    n_queries: int = 1, seed: int = 1234) -> list[Episode]:
+    """Draw episodes exactly as the PANet authors' sampler does with `random.Random(seed)`.
+
+    class_lists: for each class of the split (ascending class order), the ids of its images.
+    For every episode: N distinct classes; for way i, K + cnt[i] distinct images of that class,
+    the first K supports (draw order), the rest queries, taken from the last one backwards.
+    """
+    if n_ways > len(class_lists):
+        raise ValueError(f"{n_ways}-way episodes need at least {n_ways} classes, got {len(class_lists)}")
+    rng = random.Random(seed)
+    cnt = queries_per_way(rng, n_ways, n_queries)
+    for i, images in enumerate(class_lists):
+        if len(images) < n_shots + max(cnt):
+            raise ValueError(f"class list {i} has {len(images)} images; episodes need {n_shots + max(cnt)}")
+    episodes = []
+    for _ in range(n_episodes):
+        ways = rng.sample(range(len(class_lists)), k=n_ways)
+        support, query, query_ways = [], [], []
+        for i, c in enumerate(ways):
+            drawn = [class_lists[c][j] for j in rng.sample(range(len(class_lists[c])), k=n_shots + cnt[i])]
+            support.append(drawn[:n_shots])
+            queries = drawn[n_shots:][::-1]
+            query += queries
+            query_ways += [i] * len(queries)
+        episodes.append(Episode(ways, support, query, query_ways))
+    return episodes
+
+
+def support_masks(label: torch.Tensor, class_id: int, episode_classes: Sequence[int],
+                  ignore_is_background: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary fg/bg masks (float) of one support label (H, W) for the way of `class_id`.
+
+    fg = label == class_id; bg = pixels of none of the episode's classes. PANet (faithful)
+    counts 255 borders as background; `ignore_is_background=False` leaves them out of both.
+    """
+    fg = label == class_id
+    bg = ~torch.isin(label, torch.tensor(list(episode_classes), device=label.device))
+    if not ignore_is_background:
+        bg &= label != IGNORE
+    return fg.float(), bg.float()
+
+
+def episode_labels(label: torch.Tensor, episode_classes: Sequence[int]) -> torch.Tensor:
+    """Relabel a query's ground truth (..., H, W) to episode-local labels: 0 bg, w+1 way w, 255 kept."""
+    out = torch.zeros_like(label)
+    out[label == IGNORE] = IGNORE
+    for w, c in enumerate(episode_classes):
+        out[label == c] = w + 1
+    return out
+
+
+def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int] | None):
+    """Resize an image (3, H, W) uint8 bilinearly and its label (H, W) by nearest neighbour."""
+    if size is None:
+        return image, label
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(image.shape[-2:]) == size:
+        return image, label
+    img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")
+    return img[0].round().clamp(0, 255).to(torch.uint8), lab[0, 0].long()
+
+
+class EpisodeDataset(Dataset):
+    """Episodes as tensors, ready for `PANet`: one item per episode (collate with the default collate).
+
+    source: where images come from; classes: the global class ids of the split (ascending);
+    size: square side to resize to (None keeps the source's size; PANet uses 417);
+    flip: random horizontal flip of every image (training); faithful: 255 borders count as
+    support background (the authors' behaviour). `keep_query_size` also returns the query
+    labels at their original size ("query_labels_full"), for the standard protocol (B = 1).
+    """
+
+    def __init__(self, source: SegmentationSource, classes: Sequence[int], n_episodes: int, n_ways: int = 1,
+                 n_shots: int = 1, n_queries: int = 1, seed: int = 1234, size: int | None = None,
+                 flip: bool = False, faithful: bool = True, keep_query_size: bool = False,
+                 episodes: list[Episode] | None = None) -> None:
+        self.source, self.classes = source, list(classes)
+        self.size, self.flip, self.faithful, self.keep_query_size = size, flip, faithful, keep_query_size
+        self.seed = seed
+        if episodes is None:
+            lists = source.class_lists(self.classes)
+            episodes = sample_episodes(lists, n_episodes, n_ways, n_shots, n_queries, seed)
+        self.episodes = episodes
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def _load(self, image_id: str, flip: bool):
+        image, label = self.source.load(image_id)
+        image, label = resize_pair(image, label, self.size)
+        if flip:
+            image, label = image.flip(-1), label.flip(-1)
+        return image, label
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        ep = self.episodes[index]
+        class_ids = [self.classes[w] for w in ep.ways]
+        # Flips come from a generator seeded by (seed, index): the same episode is the same tensor.
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        ids = [i for shots in ep.support for i in shots] + ep.query
+        flips = (torch.rand(len(ids), generator=gen) < 0.5).tolist() if self.flip else [False] * len(ids)
+        loaded = [self._load(i, f) for i, f in zip(ids, flips)]
+        N, K = len(ep.support), len(ep.support[0])
+        s_imgs = torch.stack([im for im, _ in loaded[: N * K]]).unflatten(0, (N, K))
+        fg, bg = [], []
+        for j, (_, lab) in enumerate(loaded[: N * K]):
+            f, b = support_masks(lab, class_ids[j // K], class_ids, ignore_is_background=self.faithful)
+            fg.append(f)
+            bg.append(b)
+        q_loaded = loaded[N * K:]
+        item = {
+            "support_images": normalize(s_imgs),  # (N, K, 3, H, W)
+            "support_fg": torch.stack(fg).unflatten(0, (N, K)),  # (N, K, H, W)
+            "support_bg": torch.stack(bg).unflatten(0, (N, K)),
+            "query_images": normalize(torch.stack([im for im, _ in q_loaded])),  # (Q, 3, H, W)
+            "query_labels": episode_labels(torch.stack([lab for _, lab in q_loaded]), class_ids),  # (Q, H, W)
+            "class_ids": torch.tensor(class_ids),  # (N,) global ids
+            "index": torch.tensor(index),
+        }
+        if self.keep_query_size:
+            item["query_labels_full"] = torch.stack(
+                [episode_labels(self.source.load(i)[1], class_ids) for i in ep.query])
+        return item

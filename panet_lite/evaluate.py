@@ -1,0 +1,103 @@
+"""Episodic testing: the PANet-faithful protocol (runs x episodes, seeds 1234+r) and the standard one."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data import SegmentationSource
+from .episodes import EpisodeDataset
+from .metrics import IoUMeter, mean_std
+from .model import PANet
+from .train import resolve_device
+
+
+@dataclass
+class EvalConfig:
+    """Defaults are the PANet-faithful protocol (spec section 5)."""
+
+    ways: int = 1
+    shots: int = 1
+    queries: int = 1
+    runs: int = 5  # run r draws its episodes with seed + r
+    episodes: int = 1000  # per run
+    seed: int = 1234
+    size: int | None = 417  # model input side; faithful scores on the resized label too
+    protocol: str = "faithful"  # "faithful" or "standard" (original resolution, corrected meter)
+    batch_size: int = 1  # episodes per forward pass (results do not depend on it)
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 0
+    save_episodes: str | None = None  # file to write the drawn episodes (image ids) to, as JSON
+
+
+@dataclass
+class EvalResult:
+    miou: float  # mean over runs of the mean class IoU of the test classes (0..1)
+    miou_std: float
+    fb_iou: float
+    fb_iou_std: float
+    class_iou: dict[int, float]  # per test class, mean over runs
+    runs: list[dict] = field(default_factory=list)  # per run: miou, fb_iou, class_iou
+
+    def as_dict(self) -> dict:
+        return {"miou": self.miou, "miou_std": self.miou_std, "fb_iou": self.fb_iou, "fb_iou_std": self.fb_iou_std,
+                "class_iou": {str(k): v for k, v in self.class_iou.items()}, "runs": self.runs}
+
+
+@torch.no_grad()
+def predict(model: PANet, batch: dict, device: torch.device, amp: bool = False,
+            size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Predicted episode labels (B, Q, H, W) for a collated batch; logits upsampled to `size` if given."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        logits = model(batch["support_images"].to(device), batch["support_fg"].to(device),
+                       batch["support_bg"].to(device), batch["query_images"].to(device)).logits.float()
+    if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+        B, Q = logits.shape[:2]
+        logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+        logits = logits.unflatten(0, (B, Q))
+    return logits.argmax(dim=2)
+
+
+def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], config: EvalConfig,
+             progress: bool = True) -> EvalResult:
+    """Test `model` on episodes of `classes` (global ids, ascending) from `source`."""
+    from tqdm.auto import tqdm
+
+    if config.protocol not in ("faithful", "standard"):
+        raise ValueError(f"protocol must be 'faithful' or 'standard', got {config.protocol!r}")
+    standard = config.protocol == "standard"
+    if standard and (config.batch_size != 1 or config.queries != 1):
+        raise ValueError("the standard protocol scores each query at its own size: use batch_size=1, queries=1")
+    device = resolve_device(config.device)
+    model = model.to(device).eval()
+    runs, drawn = [], []
+    for run in range(config.runs):
+        dataset = EpisodeDataset(source, classes, config.episodes, config.ways, config.shots, config.queries,
+                                 seed=config.seed + run, size=config.size, flip=False, faithful=not standard,
+                                 keep_query_size=standard)
+        drawn.append([ep.__dict__ for ep in dataset.episodes])
+        meter = IoUMeter(source.num_classes, count_absent_fp=standard)
+        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers)
+        for batch in tqdm(loader, disable=not progress, desc=f"test run {run + 1}/{config.runs}", leave=False):
+            target = batch["query_labels_full"] if standard else batch["query_labels"]
+            pred = predict(model, batch, device, config.amp, size=target.shape[-2:])
+            for b in range(pred.shape[0]):
+                meter.update(pred[b].cpu(), target[b], batch["class_ids"][b])
+        iou = meter.class_iou()
+        runs.append({"seed": config.seed + run, "miou": meter.mean_iou(classes), "fb_iou": meter.fb_iou(),
+                     "class_iou": {c: iou[c].item() for c in classes}})
+    if config.save_episodes:
+        path = Path(config.save_episodes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"classes": list(classes), "ways": config.ways, "shots": config.shots,
+                                    "runs": drawn}, indent=1))
+    miou, miou_std = mean_std([r["miou"] for r in runs])
+    fb, fb_std = mean_std([r["fb_iou"] for r in runs])
+    class_iou = {c: sum(r["class_iou"][c] for r in runs) / len(runs) for c in classes}
+    return EvalResult(miou, miou_std, fb, fb_std, class_iou, runs)

@@ -1,0 +1,76 @@
+"""Class IoU accumulated over episodes (PANet's metric), mIoU and FB-IoU, by bincount."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .data import IGNORE
+
+
+class IoUMeter:
+    """Accumulates TP, FP and FN per *global* class id over the queries of many episodes.
+
+    For every query and every episode-local label j in [0, 1..N] whose ground-truth region
+    G_j = {target == j} is non-empty, with P_j = {pred == j, target != 255}: TP += |P_j & G_j|,
+    FP += |P_j - G_j|, FN += |G_j - P_j|, under global id (0 for background).
+    count_absent_fp=False is PANet's meter (faithful): a label absent from the query's ground
+    truth records nothing, so its false positives are lost. True is the corrected meter.
+    """
+
+    def __init__(self, num_classes: int, count_absent_fp: bool = False) -> None:
+        self.num_classes = num_classes
+        self.count_absent_fp = count_absent_fp
+        self.tp = torch.zeros(num_classes + 1, dtype=torch.float64)
+        self.fp = torch.zeros_like(self.tp)
+        self.fn = torch.zeros_like(self.tp)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, class_ids: Sequence[int] | torch.Tensor) -> None:
+        """pred, target: (H, W) or (Q, H, W) episode-local labels (target 255 = ignore);
+        class_ids: the ways' global ids (N,). All queries must share the episode's class_ids."""
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        ids = torch.as_tensor(class_ids, dtype=torch.long).flatten().cpu()
+        J = len(ids) + 1
+        pred = pred.reshape(-1, pred.shape[-2] * pred.shape[-1]).long()
+        target = target.reshape(pred.shape).long()
+        if pred.min() < 0 or pred.max() >= J:
+            raise ValueError(f"pred holds labels outside 0..{J - 1} for a {J - 1}-way episode")
+        Q = pred.shape[0]
+        valid = target != IGNORE
+        if (target[valid] >= J).any() or (target[valid] < 0).any():
+            raise ValueError(f"target holds labels outside 0..{J - 1} and 255 for a {J - 1}-way episode")
+        # Confusion matrix per query: conf[q, t, p] = #pixels with target t and prediction p.
+        q_idx = torch.arange(Q, device=pred.device).unsqueeze(1).expand_as(pred)
+        flat = (q_idx * J + target) * J + pred
+        conf = torch.bincount(flat[valid], minlength=Q * J * J).view(Q, J, J).cpu().double()
+        tp = conf.diagonal(dim1=1, dim2=2)  # (Q, J)
+        gt = conf.sum(dim=2)  # |G_j|
+        predicted = conf.sum(dim=1)  # |P_j| (pred == j, target != 255)
+        record = gt > 0 if not self.count_absent_fp else torch.ones_like(gt, dtype=torch.bool)
+        global_ids = torch.cat([torch.zeros(1, dtype=torch.long), ids])
+        self.tp.index_add_(0, global_ids, (tp * record).sum(0))
+        self.fp.index_add_(0, global_ids, ((predicted - tp) * record).sum(0))
+        self.fn.index_add_(0, global_ids, ((gt - tp) * record).sum(0))
+
+    def class_iou(self) -> torch.Tensor:
+        """IoU of every global id 0..num_classes: (num_classes + 1,), NaN where nothing was recorded."""
+        union = self.tp + self.fp + self.fn
+        return torch.where(union > 0, self.tp / union.clamp_min(1), torch.full_like(union, math.nan))
+
+    def mean_iou(self, classes: Sequence[int]) -> float:
+        """Mean class IoU over the given global ids (e.g. a fold's 5 test classes)."""
+        return self.class_iou()[list(classes)].mean().item()
+
+    def fb_iou(self) -> float:
+        """FB-IoU: mean of the background IoU and the IoU of all foreground classes pooled."""
+        tp = torch.stack([self.tp[0], self.tp[1:].sum()])
+        union = tp + torch.stack([self.fp[0], self.fp[1:].sum()]) + torch.stack([self.fn[0], self.fn[1:].sum()])
+        return (tp / union).mean().item()
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std (ddof=0, as numpy's np.std in the authors' code) over runs."""
+    t = torch.tensor(list(values), dtype=torch.float64)
+    return t.mean().item(), t.std(unbiased=False).item() if len(t) > 1 else 0.0

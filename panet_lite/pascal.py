@@ -1,0 +1,561 @@
+"""PASCAL VOC 2012 + SBD: download, build SegmentationClassAug and trainaug, read them as a source."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import json
+import os
+import shutil
+import tarfile
+import threading
+import urllib.error
+import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy.io
+import torch
+import torchvision.datasets.utils as tv_utils
+import torchvision.datasets.voc as tv_voc
+from PIL import Image
+from torchvision.datasets import SBDataset, VOCSegmentation
+from tqdm.auto import tqdm
+
+from .data import IGNORE, VOC_CLASSES, SegmentationSource
+
+VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
+SBD_ITEMS = ("cls", "img", "inst", "train.txt", "val.txt")  # what torchvision moves out of benchmark.tgz
+SPLITS = ("trainaug", "val")
+EXTRACTED = ".panet_lite_extracted"  # written into a folder once its archive is fully extracted
+BUILDING = ".panet_lite_building"  # present in VOC2012 while a VOC+SBD build is unfinished
+INDEX_FILE = "panet_lite_index.json"  # per-image classes + file stamps, so re-runs skip finished work
+
+
+class DataError(ValueError):
+    """Missing or malformed dataset files; the message names the file and says how to fix it."""
+
+
+def prepare_hint(root: str | Path, dataset: str = "pascal") -> str:
+    """The command that prepares a dataset, for error messages."""
+    return f"python -m panet_lite prepare {dataset} --root {root}"
+
+
+# ----------------------------------------------------------------------------- paths and files
+
+def base_dir(root: str | Path) -> Path:
+    """The folder that holds VOCdevkit (and SBD); `root` may also be VOCdevkit or VOC2012 itself."""
+    root = Path(root).expanduser()
+    if root.name == "VOC2012" and root.parent.name == "VOCdevkit":
+        return root.parent.parent
+    if root.name == "VOCdevkit":
+        return root.parent
+    return root
+
+
+def voc_palette() -> list[int]:
+    """VOC's 256-colour palette (flat RGB list): label 255 is drawn cream, 0 black."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        for bit in range(8):
+            r |= ((index >> (3 * bit)) & 1) << (7 - bit)
+            g |= ((index >> (3 * bit + 1)) & 1) << (7 - bit)
+            b |= ((index >> (3 * bit + 2)) & 1) << (7 - bit)
+        palette += [r, g, b]
+    return palette
+
+
+_PALETTE = voc_palette()
+
+
+def read_ids(path: Path) -> list[str]:
+    """The image ids listed in a text file, one per line (blank lines skipped)."""
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise DataError(f"missing list file {path}") from None
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` and rename tmp onto `path`, so `path` is either absent or complete."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_if_changed(path: Path, text: str) -> bool:
+    """Atomically write `text` unless the file already holds it; True if written."""
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return True
+
+
+def _lines(ids: list[str]) -> str:
+    return "".join(f"{i}\n" for i in ids)
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """An image file as a `(3, H, W)` uint8 RGB tensor."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"missing image {path}") from None
+    except Exception as error:
+        raise DataError(f"unreadable image {path} ({error}); replace it with a complete copy") from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def _image_size(path: Path, fix: str) -> tuple[int, int]:
+    """(H, W) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise DataError(f"missing image {path}; {fix}") from None
+    except Exception as error:
+        raise DataError(f"unreadable image {path} ({error}); {fix}") from error
+    return height, width
+
+
+def read_png_mask(path: Path, fix: str = "") -> np.ndarray:
+    """A single-channel ('P' or 'L') PNG of label indices as an `(H, W)` uint8 array."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, array = image.mode, np.array(image)
+    except FileNotFoundError:
+        raise DataError(f"missing mask {path}; {fix}") from None
+    except Exception as error:
+        raise DataError(f"unreadable mask {path} ({error}); {fix}") from error
+    if mode not in ("P", "L"):
+        raise DataError(f"mask {path} has mode {mode!r}; expected a palette ('P') or grey ('L') PNG "
+                        f"whose pixel values are the labels; {fix}")
+    return array
+
+
+def read_sbd_mat(path: Path, struct: str, fix: str = "") -> np.ndarray:
+    """`<struct>.Segmentation` of an SBD .mat file (GTcls: classes, GTinst: instances), `(H, W)` uint8."""
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+        segmentation = np.asarray(mat[struct].Segmentation)
+    except FileNotFoundError:
+        raise DataError(f"missing SBD annotation {path}; {fix}") from None
+    except (KeyError, AttributeError):
+        raise DataError(f"{path} has no {struct}.Segmentation field; is it an SBD "
+                        f"{'cls' if struct == 'GTcls' else 'inst'} file? {fix}") from None
+    except Exception as error:
+        raise DataError(f"unreadable SBD annotation {path} ({error}); {fix}") from error
+    if segmentation.ndim != 2 or segmentation.size == 0:
+        raise DataError(f"{path}: {struct}.Segmentation has shape {segmentation.shape}, expected (H, W); {fix}")
+    if not np.issubdtype(segmentation.dtype, np.integer):
+        if not np.array_equal(segmentation, np.round(segmentation)):
+            raise DataError(f"{path}: {struct}.Segmentation holds non-integer labels; {fix}")
+    if segmentation.min() < 0 or segmentation.max() > 255:
+        raise DataError(f"{path}: {struct}.Segmentation has values outside 0-255; {fix}")
+    return segmentation.astype(np.uint8)
+
+
+def write_png_mask(mask: np.ndarray, path: Path) -> None:
+    """Write an `(H, W)` uint8 label array as a palette PNG (indices = labels, VOC colours)."""
+    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    image.putpalette(_PALETTE)  # 'L' -> 'P', pixel values unchanged
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def check_mask(mask: np.ndarray, size: tuple[int, int], path: Path, image: Path, fix: str,
+               max_label: int | None = 20) -> set[int]:
+    """Check an `(H, W)` uint8 mask against its image; return the classes in it (0 and 255 excluded)."""
+    if mask.shape != size:
+        raise DataError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {image} is "
+                        f"{size[1]}x{size[0]} (width x height); {fix}")
+    counts = np.bincount(mask.ravel(), minlength=256)
+    if max_label is None:
+        return set()
+    bad = np.flatnonzero(counts[max_label + 1:IGNORE]) + max_label + 1
+    if bad.size:
+        raise DataError(f"mask {path} has labels {bad.tolist()}; allowed are 0-{max_label} and {IGNORE}; {fix}")
+    return {int(c) for c in np.flatnonzero(counts[1:max_label + 1]) + 1}
+
+
+# ----------------------------------------------------------------------------- downloads
+
+def _download_error(error: Exception, url: str, archive: Path, md5: str | None) -> DataError:
+    """Turn a failure of torchvision's download/extract into a DataError that says what to do."""
+    if isinstance(error, (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)):
+        return DataError(f"could not download {url} ({error}). Check the network and run again, or "
+                         f"download it yourself and put it at {archive}.")
+    if md5 and archive.is_file() and isinstance(error, RuntimeError):
+        actual = tv_utils.calculate_md5(archive)
+        if actual != md5:
+            return DataError(f"checksum mismatch for {archive} (from {url}): expected md5 {md5}, got "
+                             f"{actual}. The download is damaged or the server sent another file; run "
+                             f"again to download it again.")
+    if isinstance(error, (tarfile.TarError, zipfile.BadZipFile, EOFError)):
+        return DataError(f"{archive} is not a complete archive ({error}); delete it and run again.")
+    return DataError(f"downloading {url} to {archive} and extracting it failed: {error!r}")
+
+
+def run_download(fetch: Callable[[], object], url: str, archive: Path, md5: str | None,
+                 progress: bool) -> None:
+    """Run a torchvision download `fetch()` with its progress bar on or off; failures -> DataError."""
+    saved_tqdm = tv_utils.tqdm
+    if not progress:
+        tv_utils.tqdm = functools.partial(saved_tqdm, disable=True)
+    try:
+        fetch()
+    except DataError:
+        raise
+    except Exception as error:
+        raise _download_error(error, url, archive, md5) from error
+    finally:
+        tv_utils.tqdm = saved_tqdm
+
+
+def fetch_once(target: Path, archive: Path, fetch: Callable[[], object], url: str, md5: str | None,
+               download: bool, missing: str, progress: bool) -> bool:
+    """Download and extract `archive` so that folder `target` appears, unless that is done already.
+
+    `target` is done when it holds our EXTRACTED marker, or when it exists with no archive beside it
+    (the user extracted it). A target without marker next to its archive is an interrupted
+    extraction: it is extracted again (torchvision reuses the archive if its md5 matches).
+    Returns True if something was fetched; `missing` is the error message when download=False.
+    """
+    if (target / EXTRACTED).exists() or (target.is_dir() and (not archive.exists() or not download)):
+        return False
+    if not download:
+        raise DataError(missing)
+    run_download(fetch, url, archive, md5, progress)
+    if not target.is_dir():
+        raise DataError(f"{archive} (from {url}) did not contain {target}; check the URL.")
+    (target / EXTRACTED).touch()
+    return True
+
+
+def _ensure_voc(base: Path, download: bool, url: str | None, md5: str | None, progress: bool) -> bool:
+    """Make sure base/VOCdevkit/VOC2012 is extracted, downloading it with torchvision if needed."""
+    entry = tv_voc.DATASET_YEAR_DICT["2012"]
+    saved = dict(entry)
+    entry["url"], entry["md5"] = url or entry["url"], md5 or entry["md5"]
+    missing = (f"VOC2012 not found at {base / VOC_SUBDIR}. Run `{prepare_hint(base)}` to download it "
+               f"(2 GB), or extract {entry['filename']} ({entry['url']}) in {base}.")
+    try:
+        return fetch_once(base / VOC_SUBDIR, base / entry["filename"],
+                          lambda: VOCSegmentation(base, year="2012", image_set="trainval", download=True),
+                          entry["url"], entry["md5"], download, missing, progress)
+    finally:
+        entry.clear()
+        entry.update(saved)
+
+
+def sbd_complete(sbd: Path) -> bool:
+    """True if the SBD folder holds everything torchvision moves out of benchmark.tgz."""
+    return all((sbd / item).exists() for item in SBD_ITEMS)
+
+
+def _ensure_sbd(sbd: Path, download: bool, url: str | None, md5: str | None, progress: bool) -> bool:
+    """Make sure SBD (cls/, img/, inst/, train.txt, val.txt) is in `sbd`, downloading it if needed."""
+    if sbd_complete(sbd):
+        return False
+    extracted = sbd / "benchmark_RELEASE" / "dataset"
+    if any((sbd / item).exists() for item in SBD_ITEMS):
+        # torchvision was interrupted while moving the extracted items (each move is a rename):
+        # the extraction was complete, so finish the moves.
+        for item in SBD_ITEMS:
+            if not (sbd / item).exists():
+                if not (extracted / item).exists():
+                    raise DataError(f"SBD at {sbd} is incomplete ({item} missing); delete {sbd} and run "
+                                    f"`{prepare_hint(sbd.parent)}` again.")
+                shutil.move(str(extracted / item), str(sbd / item))
+        return False
+    if not download:
+        raise DataError(f"SBD not found at {sbd} (needed to build SegmentationClassAug). Run "
+                        f"`{prepare_hint(sbd.parent)}` to download it (1.4 GB), or extract benchmark.tgz "
+                        f"({SBDataset.url}) and move benchmark_RELEASE/dataset/* to {sbd}.")
+    saved = SBDataset.url, SBDataset.md5
+    SBDataset.url, SBDataset.md5 = url or SBDataset.url, md5 or SBDataset.md5
+    try:
+        # image_set="train" (not "train_noval"): torchvision then needs nothing but benchmark.tgz
+        run_download(lambda: SBDataset(sbd, image_set="train", mode="segmentation", download=True),
+                     SBDataset.url, sbd / SBDataset.filename, SBDataset.md5, progress)
+    finally:
+        SBDataset.url, SBDataset.md5 = saved
+    return True
+
+
+# ----------------------------------------------------------------------------- mask building
+
+@dataclass(frozen=True)
+class _Job:
+    """One image of trainaug/val: where its masks go and, if they must be built, where they come from."""
+
+    image_id: str
+    image: Path
+    class_out: Path  # SegmentationClassAug/<id>.png
+    object_out: Path  # SegmentationObjectAug/<id>.png
+    class_src: Path | None  # VOC SegmentationClass png or SBD cls mat; None: class_out must exist
+    object_src: Path | None  # VOC SegmentationObject png or SBD inst mat; None: only check if present
+
+
+def _stamp(paths: list[Path]) -> list:
+    """(mtime_ns, size) of each file, None where missing: tells whether a cached result is stale."""
+    stamps = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            stamps.append([stat.st_mtime_ns, stat.st_size])
+        except FileNotFoundError:
+            stamps.append(None)
+    return stamps
+
+
+def _read_source(path: Path, struct: str, fix: str) -> np.ndarray:
+    return read_png_mask(path, fix) if path.suffix == ".png" else read_sbd_mat(path, struct, fix)
+
+
+def _build_mask(out: Path, src: Path | None, struct: str, size: tuple[int, int], image: Path,
+                max_label: int | None) -> tuple[set[int], int]:
+    """Check `out` if it exists, else convert `src` into it; returns (classes, masks written)."""
+    if out.exists():
+        mask = read_png_mask(out, "delete it and run prepare again")
+        return check_mask(mask, size, out, image, "delete it and run prepare again", max_label), 0
+    fix = "fix or replace it (re-extract its archive), then run prepare again"
+    mask = _read_source(src, struct, fix)
+    classes = check_mask(mask, size, src, image, fix, max_label)
+    write_png_mask(mask, out)
+    return classes, 1
+
+
+def _run_job(job: _Job, cached: dict | None) -> tuple[dict, int]:
+    """Build/check the masks of one image; returns ({'classes', 'stamp'}, masks written)."""
+    stamp = _stamp([job.image, job.class_out, job.object_out])
+    object_pending = job.object_src is not None and stamp[2] is None
+    if cached is not None and cached.get("stamp") == stamp and not object_pending:
+        return cached, 0
+    fix = f"the VOC2012 tree is incomplete: delete {job.image.parents[1]} and run prepare again"
+    size = _image_size(job.image, fix)
+    classes, written = _build_mask(job.class_out, job.class_src, "GTcls", size, job.image, 20)
+    if job.object_src is not None or job.object_out.exists():
+        written += _build_mask(job.object_out, job.object_src, "GTinst", size, job.image, None)[1]
+    stamp = _stamp([job.image, job.class_out, job.object_out])
+    return {"classes": sorted(classes), "stamp": stamp}, written
+
+
+def _run_jobs(jobs: list[_Job], cache: dict, progress: bool) -> tuple[dict[str, dict], int]:
+    """Run the jobs on a thread pool (PIL and zlib release the GIL); returns (results by id, written)."""
+    results: dict[str, dict] = {}
+    written = 0
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        futures = [pool.submit(_run_job, job, cache.get(job.image_id)) for job in jobs]
+        ids = {future: job.image_id for future, job in zip(futures, jobs)}
+        with tqdm(total=len(jobs), desc="masks", unit="img", disable=not progress) as bar:
+            for future in as_completed(futures):
+                results[ids[future]], n = future.result()
+                written += n
+                bar.update()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on error, don't run the queued jobs
+    return results, written
+
+
+def _jobs(voc: Path, sbd: Path | None, ids: list[str], voc_annotated: set[str]) -> list[_Job]:
+    """The jobs for `ids`; with `sbd` None, masks are only read from SegmentationClassAug."""
+    jobs = []
+    for image_id in ids:
+        class_src = object_src = None
+        if sbd is not None and image_id in voc_annotated:
+            class_src = voc / "SegmentationClass" / f"{image_id}.png"
+            object_src = voc / "SegmentationObject" / f"{image_id}.png"
+        elif sbd is not None:
+            class_src, object_src = sbd / "cls" / f"{image_id}.mat", sbd / "inst" / f"{image_id}.mat"
+        jobs.append(_Job(image_id, voc / "JPEGImages" / f"{image_id}.jpg",
+                         voc / "SegmentationClassAug" / f"{image_id}.png",
+                         voc / "SegmentationObjectAug" / f"{image_id}.png", class_src, object_src))
+    return jobs
+
+
+def _shared_trainaug(voc: Path, voc_val: list[str]) -> list[str] | None:
+    """trainaug ids if SegmentationClassAug already holds a mask for all of trainaug and val, else None.
+
+    The trainaug list comes from ImageSets/Segmentation/trainaug.txt if present, otherwise it is
+    every mask in SegmentationClassAug minus VOC val (the shared archive holds exactly those).
+    """
+    aug = voc / "SegmentationClassAug"
+    if not aug.is_dir():
+        return None
+    stems = {name[:-4] for name in os.listdir(aug) if name.endswith(".png")}
+    listed = voc / "ImageSets" / "Segmentation" / "trainaug.txt"
+    trainaug = read_ids(listed) if listed.is_file() else sorted(stems - set(voc_val))
+    if trainaug and set(trainaug) | set(voc_val) <= stems:
+        return sorted(trainaug)
+    return None
+
+
+def _load_index(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())["images"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _write_lists(voc: Path, splits: dict[str, list[str]], results: dict[str, dict]) -> None:
+    """Write trainaug.txt and the sorted per-class lists {split}/class{N}.txt (the authors' layout)."""
+    sets = voc / "ImageSets" / "Segmentation"
+    write_text_if_changed(sets / "trainaug.txt", _lines(splits["trainaug"]))
+    for split, ids in splits.items():
+        for c in range(1, 21):
+            members = [i for i in ids if c in results[i]["classes"]]
+            write_text_if_changed(sets / split / f"class{c}.txt", _lines(members))
+
+
+def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None = None,
+                   voc_md5: str | None = None, sbd_url: str | None = None, sbd_md5: str | None = None,
+                   progress: bool = True) -> dict:
+    """Download what is missing of VOC2012 and SBD and build SegmentationClassAug, trainaug and class lists.
+
+    Layout (torchvision's): root/VOCdevkit/VOC2012 and root/SBD. If VOC2012/SegmentationClassAug
+    already holds a mask for every trainaug and val image, SBD is not needed. Otherwise masks
+    are built: VOC's SegmentationClass for VOC's train+val images, SBD's cls/*.mat for the rest
+    (and SegmentationObjectAug from SegmentationObject / inst/*.mat). Safe to re-run: finished
+    work is skipped and an interrupted run is completed. The url/md5 arguments replace the
+    official ones (e.g. a mirror). Returns a report: route, image and mask counts, downloads.
+    Raises DataError (naming the file and the fix) on missing or malformed data.
+    """
+    base = base_dir(root)
+    base.mkdir(parents=True, exist_ok=True)
+    downloaded = ["VOC2012"] if _ensure_voc(base, download, voc_url, voc_md5, progress) else []
+    voc, sbd = base / VOC_SUBDIR, base / "SBD"
+    voc_train = read_ids(voc / "ImageSets" / "Segmentation" / "train.txt")
+    voc_val = sorted(read_ids(voc / "ImageSets" / "Segmentation" / "val.txt"))
+    building = voc / BUILDING
+
+    trainaug = None
+    if not sbd_complete(sbd) and not building.exists():
+        trainaug = _shared_trainaug(voc, voc_val)
+    if trainaug is not None:
+        route, source_dir = "SegmentationClassAug", None
+    else:
+        route, source_dir = "VOC+SBD", sbd
+        if _ensure_sbd(sbd, download, sbd_url, sbd_md5, progress):
+            downloaded.append("SBD")
+        sbd_ids = read_ids(sbd / "train.txt") + read_ids(sbd / "val.txt")
+        trainaug = sorted((set(voc_train) | set(sbd_ids)) - set(voc_val))
+        building.touch()
+        for folder in ("SegmentationClassAug", "SegmentationObjectAug"):
+            (voc / folder).mkdir(exist_ok=True)
+            for stale in (voc / folder).glob("*.tmp"):  # left by a killed run
+                stale.unlink()
+
+    ids = sorted(set(trainaug) | set(voc_val))
+    jobs = _jobs(voc, source_dir, ids, set(voc_train) | set(voc_val))
+    index_path = voc / INDEX_FILE
+    results, written = _run_jobs(jobs, _load_index(index_path), progress)
+    _write_lists(voc, {"trainaug": trainaug, "val": voc_val}, results)
+    write_text_if_changed(index_path, json.dumps({"version": 1, "images": results}, sort_keys=True))
+    building.unlink(missing_ok=True)
+    return {
+        "route": route,
+        "trainaug": len(trainaug),
+        "val": len(voc_val),
+        "masks_written": written,
+        "object_masks": sum(job.object_out.exists() for job in jobs),
+        "downloaded": downloaded,
+    }
+
+
+# ----------------------------------------------------------------------------- the source
+
+class PascalVOC(SegmentationSource):
+    """PASCAL VOC 2012 with SBD masks (SegmentationClassAug): split "trainaug" (10,582) or "val" (1,449)."""
+
+    num_classes = 20
+    class_names = VOC_CLASSES[1:]
+
+    def __init__(self, root: str | Path, split: str = "trainaug"):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.base = base_dir(root)
+        self.voc = self.base / VOC_SUBDIR
+        self.split = split
+        sets = self.voc / "ImageSets" / "Segmentation"
+        needed = [sets / f"{split}.txt", self.voc / "SegmentationClassAug"]
+        needed += [sets / split / f"class{c}.txt" for c in range(1, 21)]
+        missing = [path for path in needed if not path.exists()]
+        if missing:
+            raise DataError(f"PASCAL VOC is not prepared in {self.base} ({missing[0]} is missing). "
+                            f"Run `{prepare_hint(self.base)}` first.")
+        self._ids = sorted(read_ids(needed[0]))
+        self._lists = {c: read_ids(sets / split / f"class{c}.txt") for c in range(1, 21)}
+        self._classes_of: dict[str, set[int]] = {}
+        for c, members in self._lists.items():
+            for image_id in members:
+                self._classes_of.setdefault(image_id, set()).add(c)
+
+    def ids(self) -> list[str]:
+        """Every image id of the split, sorted."""
+        return list(self._ids)
+
+    def load(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image `(3, H, W)` uint8 RGB and label `(H, W)` int64 (0 bg, 1..20, 255 ignore)."""
+        image = read_rgb(self.voc / "JPEGImages" / f"{image_id}.jpg")
+        label = self._read_mask("SegmentationClassAug", image_id, image.shape[1:])
+        return image, label
+
+    def load_instances(self, image_id: str) -> torch.Tensor:
+        """Instance mask `(H, W)` int64 from SegmentationObjectAug: 0 bg, 1..n instances, 255 borders."""
+        return self._read_mask("SegmentationObjectAug", image_id)
+
+    def _read_mask(self, folder: str, image_id: str, size: tuple[int, int] | None = None) -> torch.Tensor:
+        path = self.voc / folder / f"{image_id}.png"
+        if not path.exists():
+            hint = (" Instance masks are built from SBD: put SBD in place and run prepare again."
+                    if folder == "SegmentationObjectAug" else "")
+            raise DataError(f"missing mask {path}.{hint} Run `{prepare_hint(self.base)}`.")
+        mask = read_png_mask(path, "delete it and run prepare again")
+        if size is not None and tuple(mask.shape) != tuple(size):
+            raise DataError(f"mask {path} is {tuple(mask.shape)} but its image is {tuple(size)} (H, W); "
+                            f"delete it and run prepare again")
+        return torch.from_numpy(mask.astype(np.int64))  # (H, W)
+
+    def classes_in(self, image_id: str) -> set[int]:
+        """The class ids in an image's mask (0 and 255 excluded), from the prepared lists."""
+        return set(self._classes_of.get(image_id, ()))
+
+    def class_lists(self, classes) -> list[list[str]]:
+        """For each class (in the given order), the sorted ids of the split's images that contain it."""
+        return [list(self._lists[c]) for c in classes]
+
+
+def box_masks(label: torch.Tensor, instances: torch.Tensor, class_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounding-box support masks of a class, as the authors build them.
+
+    label `(H, W)` class ids, instances `(H, W)` instance ids (0 bg, 255 borders). The class's
+    instances are the instance ids on its pixels; fg = the box around the largest one (ties: the
+    lowest id), bg = every pixel outside all of the class's instance boxes. Returns two `(H, W)`
+    bool masks; raises ValueError if the class has no instance in the image.
+    """
+    on_class = torch.where(label == class_id, instances, torch.zeros_like(instances))  # (H, W)
+    on_class[on_class == IGNORE] = 0
+    area = torch.bincount(on_class.flatten().long(), minlength=2)[1:]  # area of instance 1, 2, ...
+    if area.sum() == 0:
+        raise ValueError(f"class {class_id} has no instance in this image")
+    fg = torch.zeros(label.shape, dtype=torch.bool, device=label.device)
+    bg = torch.ones(label.shape, dtype=torch.bool, device=label.device)
+    for instance in (torch.nonzero(area).flatten() + 1).tolist():
+        rows, cols = torch.nonzero(on_class == instance, as_tuple=True)
+        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        bg[box] = False
+        if instance == int(area.argmax()) + 1:
+            fg[box] = True
+    return fg, bg

@@ -1,0 +1,99 @@
+"""Reproduce the paper's table: train (or load) one model per fold and shot count, test, compare."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Sequence
+
+from .evaluate import EvalConfig, evaluate
+from .paper import paper_result
+from .sources import benchmark, open_source, split_for
+from .train import TrainConfig, load_model, train
+
+
+def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
+    return Path(out) / f"fold{fold}-{ways}way-{shots}shot"
+
+
+def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainConfig, eval_cfg: EvalConfig,
+                   out: Path, progress: bool = True, synthetic_size: int = 64) -> dict:
+    """One cell of the table. Skips training when the checkpoint is complete and testing when
+    `results.json` exists for the same protocol; an interrupted run resumes from its checkpoint."""
+    bench = benchmark(dataset)
+    d = run_dir(out, fold, shots, train_cfg.ways)
+    results = d / f"results-{eval_cfg.protocol}.json"
+    if results.is_file():
+        return json.loads(results.read_text())
+    train_cfg = replace(train_cfg, shots=shots)
+    source = open_source(dataset, root, split_for(dataset, "train"), synthetic_size)
+    train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)
+    model = load_model(d / "checkpoint.pt", "cpu")
+    eval_cfg = replace(eval_cfg, shots=shots, ways=train_cfg.ways)
+    test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), synthetic_size)
+    result = evaluate(model, test_source, bench.test_classes(fold), eval_cfg, progress=progress)
+    row = {"dataset": dataset, "fold": fold, "shots": shots, "ways": train_cfg.ways, **result.as_dict(),
+           "train_config": asdict(train_cfg), "eval_config": asdict(eval_cfg)}
+    results.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_cfg: EvalConfig,
+              folds: Sequence[int] = (0, 1, 2, 3), shots: Sequence[int] = (1, 5), progress: bool = True,
+              synthetic_size: int = 64) -> dict:
+    """Train and test every (fold, shots) model, then write `table.md` and `table.json` to `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, synthetic_size)
+            for k in shots for f in folds]
+    table = summarize(dataset, rows, train_cfg.ways)
+    (out / "table.json").write_text(json.dumps(table, indent=1))
+    (out / "table.md").write_text(markdown(table))
+    return table
+
+
+def summarize(dataset: str, rows: list[dict], ways: int = 1) -> dict:
+    """Per shot count: per-fold and mean mIoU / FB-IoU (in %), stds over runs, the paper's numbers."""
+    settings = []
+    for shots in sorted({r["shots"] for r in rows}):
+        mine = sorted((r for r in rows if r["shots"] == shots), key=lambda r: r["fold"])
+        try:
+            paper = paper_result("pascal5i" if dataset == "synthetic" else dataset, ways, shots)
+        except KeyError:
+            paper = None
+        folds = {r["fold"]: 100 * r["miou"] for r in mine}
+        entry = {
+            "shots": shots, "ways": ways,
+            "miou": folds, "miou_std": {r["fold"]: 100 * r["miou_std"] for r in mine},
+            "fb_iou": {r["fold"]: 100 * r["fb_iou"] for r in mine},
+            "mean_miou": sum(folds.values()) / len(folds),
+            "mean_fb_iou": sum(100 * r["fb_iou"] for r in mine) / len(mine),
+            "paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
+            "paper_mean": paper.mean if paper else None, "paper_fb_iou": paper.fb_iou if paper else None,
+        }
+        settings.append(entry)
+    return {"dataset": dataset, "settings": settings}
+
+
+def markdown(table: dict) -> str:
+    """The reproduced table with the paper's numbers and the difference (ours - paper) beside ours."""
+    lines = [f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)", "",
+             "| setting | fold 0 | fold 1 | fold 2 | fold 3 | mean | FB-IoU |", "|---|---|---|---|---|---|---|"]
+    for s in table["settings"]:
+        cells = []
+        for f in range(4):
+            if f not in s["miou"]:
+                cells.append("")
+                continue
+            cell = f"{s['miou'][f]:.1f} ± {s['miou_std'][f]:.1f}"
+            if f in s["paper_miou"]:
+                cell += f" ({s['paper_miou'][f]:.1f}, {s['miou'][f] - s['paper_miou'][f]:+.1f})"
+            cells.append(cell)
+        mean = f"{s['mean_miou']:.1f}"
+        if s["paper_mean"] is not None:
+            mean += f" ({s['paper_mean']:.1f}, {s['mean_miou'] - s['paper_mean']:+.1f})"
+        fb = f"{s['mean_fb_iou']:.1f}"
+        if s["paper_fb_iou"] is not None:
+            fb += f" ({s['paper_fb_iou']:.1f}, {s['mean_fb_iou'] - s['paper_fb_iou']:+.1f})"
+        lines.append(f"| {s['ways']}-way {s['shots']}-shot | " + " | ".join(cells) + f" | {mean} | {fb} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,191 @@
+"""The embedded dataset: procedurally drawn textured objects, shaped like PASCAL-5i (20 classes, 4 folds).
+
+A class is a *texture*: stripes with one of 5 orientations and one of 4 periods. Which
+orientation and period a class gets follows a Latin square, so every fold's 5 held-out classes
+are new combinations of orientations and periods that training has seen separately: learning
+"what a texture is" transfers, memorising the 15 training textures does not. Colours, shapes,
+sizes and stripe phases are random per object, so colour (what an untrained encoder mostly
+sees) says nothing about the class. Images hold 1-3 objects (later ones occlude earlier ones)
+on a smooth background, with VOC-like 255 borders on object outlines.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE, SegmentationSource
+
+N_CLASSES = 20
+ORIENTATIONS_DEG = (0.0, 36.0, 72.0, 108.0, 144.0)
+PERIODS = (3.2, 4.6, 6.4, 9.0)  # stripe period in pixels at 64 x 64
+SHAPES = ("ellipse", "rectangle", "triangle", "blob")
+SPLIT_SEEDS = {"trainaug": 0, "val": 1}
+
+
+def class_texture(class_id: int) -> tuple[float, float]:
+    """(orientation in degrees, period at 64 px) of a class 1..20: class 5f+j+1 has orientation j
+    and period (f + j) mod 4, a Latin square over the 4 folds."""
+    f, j = divmod(class_id - 1, 5)
+    return ORIENTATIONS_DEG[j], PERIODS[(f + j) % 4]
+
+
+CLASS_NAMES = tuple(f"stripes {o:.0f}deg {p:g}px" for o, p in (class_texture(c) for c in range(1, N_CLASSES + 1)))
+
+
+def _shape_mask(kind: str, xx: torch.Tensor, yy: torch.Tensor, radius: float, angle: float,
+                gen: torch.Generator) -> torch.Tensor:
+    """Boolean mask of a shape centred at the origin of (xx, yy), rotated by `angle`."""
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    if kind == "ellipse":
+        return (u / radius) ** 2 + (v / (0.65 * radius)) ** 2 <= 1
+    if kind == "rectangle":
+        return (u.abs() <= radius) & (v.abs() <= 0.7 * radius)
+    if kind == "triangle":
+        r = 1.2 * radius
+        return (v >= -0.5 * r) & (math.sqrt(3) * u + v <= r) & (-math.sqrt(3) * u + v <= r)
+    # blob: a circle whose radius wobbles with the angle
+    theta = torch.atan2(v, u)
+    k = torch.randint(2, 5, (1,), generator=gen).item()
+    wobble = 1 + 0.25 * torch.sin(k * theta + 6.28 * torch.rand(1, generator=gen).item())
+    return u ** 2 + v ** 2 <= (radius * wobble) ** 2
+
+
+def _border(label: torch.Tensor) -> torch.Tensor:
+    """Pixels of an object that touch a pixel of another label (4-neighbourhood): VOC's outline."""
+    pad = F.pad(label[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
+    H, W = label.shape
+    differs = torch.zeros_like(label, dtype=torch.bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        differs |= pad[dy:dy + H, dx:dx + W] != label
+    return differs & (label > 0)
+
+
+def render(index: int, size: int = 64, seed: int = 0, max_objects: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw image `index` of the stream `seed`: uint8 image (3, size, size) and int64 label (size, size)."""
+    gen = torch.Generator().manual_seed(seed * 10_000_019 + index)
+    scale = size / 64
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    # Smooth background: a random linear blend between two random colours, plus faint noise.
+    c0, c1 = torch.rand(3, generator=gen), torch.rand(3, generator=gen)
+    phi = 6.28 * torch.rand(1, generator=gen).item()
+    t = ((math.cos(phi) * xx + math.sin(phi) * yy) / size).clamp(0, 1)[None]
+    image = c0[:, None, None] * (1 - t) + c1[:, None, None] * t
+    image += 0.03 * F.interpolate(torch.randn(1, 3, 8, 8, generator=gen), size=(size, size), mode="bilinear",
+                                  align_corners=False)[0]
+    label = torch.zeros(size, size, dtype=torch.long)
+    n_objects = torch.randint(1, max_objects + 1, (1,), generator=gen).item()
+    classes = torch.randperm(N_CLASSES, generator=gen)[:n_objects] + 1
+    for class_id in classes.tolist():
+        orientation, period = class_texture(class_id)
+        theta = math.radians(orientation + 6 * (torch.rand(1, generator=gen).item() - 0.5))
+        period *= scale * (0.9 + 0.2 * torch.rand(1, generator=gen).item())
+        cx, cy = (size * (0.2 + 0.6 * torch.rand(2, generator=gen))).tolist()
+        radius = size * (0.14 + 0.12 * torch.rand(1, generator=gen).item())
+        kind = SHAPES[torch.randint(len(SHAPES), (1,), generator=gen).item()]
+        angle = 6.28 * torch.rand(1, generator=gen).item()
+        mask = _shape_mask(kind, xx - cx, yy - cy, radius, angle, gen)
+        phase = 6.28 * torch.rand(1, generator=gen).item()
+        wave = torch.sin(2 * math.pi * (math.cos(theta) * xx + math.sin(theta) * yy) / period + phase)
+        a, b = torch.rand(3, generator=gen), torch.rand(3, generator=gen)
+        if (a - b).abs().max() < 0.35:  # keep the stripes visible
+            b = 1 - a
+        stripes = torch.where(wave[None] > 0, a[:, None, None], b[:, None, None])
+        image = torch.where(mask[None], stripes, image)
+        label[mask] = class_id
+    label[_border(label)] = IGNORE
+    image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    return image, label
+
+
+class SyntheticFewShot(SegmentationSource):
+    """The embedded few-shot dataset: `n_images` images of a split, drawn on demand from a seed.
+
+    split: "trainaug" or "val" (two independent streams, named like PASCAL's); size: image side.
+    """
+
+    num_classes = N_CLASSES
+    class_names = CLASS_NAMES
+
+    def __init__(self, split: str = "trainaug", n_images: int = 2000, size: int = 64, seed: int = 0) -> None:
+        if split not in SPLIT_SEEDS:
+            raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+        if size < 32:
+            raise ValueError(f"size must be at least 32 pixels, got {size}")
+        self.split, self.n_images, self.size = split, n_images, size
+        self.stream = 2 * seed + SPLIT_SEEDS[split]
+        self._classes = lru_cache(maxsize=None)(self._classes_uncached)
+
+    def ids(self) -> list[str]:
+        return [f"{self.split}-{i:06d}" for i in range(self.n_images)]
+
+    def _index(self, image_id: str) -> int:
+        split, _, number = image_id.partition("-")
+        if split != self.split or not number.isdigit() or int(number) >= self.n_images:
+            raise KeyError(f"{image_id!r} is not an image of this {self.split} split of {self.n_images} images")
+        return int(number)
+
+    def load(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return render(self._index(image_id), self.size, self.stream)
+
+    def _classes_uncached(self, image_id: str) -> frozenset[int]:
+        label = self.load(image_id)[1]
+        return frozenset(c for c in label.unique().tolist() if c not in (0, IGNORE))
+
+    def classes_in(self, image_id: str) -> set[int]:
+        return set(self._classes(image_id))
+
+
+def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size: int = 64, seed: int = 0) -> Path:
+    """Write the embedded dataset as a prepared VOC tree (`root/VOCdevkit/VOC2012`).
+
+    JPEG images, palette-PNG masks in `SegmentationClassAug`, `ImageSets/Segmentation/
+    {trainaug,val}.txt` and the per-class lists `{trainaug,val}/class{N}.txt`, so the PASCAL
+    loaders and the reproduction run on it exactly as on the real data. Returns the VOC2012 dir.
+    """
+    from PIL import Image
+
+    voc = Path(root) / "VOCdevkit" / "VOC2012"
+    sets = voc / "ImageSets" / "Segmentation"
+    for d in (voc / "JPEGImages", voc / "SegmentationClassAug", voc / "SegmentationClass", sets):
+        d.mkdir(parents=True, exist_ok=True)
+    palette = voc_palette()
+    for split, n in (("trainaug", n_train), ("val", n_val)):
+        source = SyntheticFewShot(split, n, size, seed)
+        lists: dict[int, list[str]] = {c: [] for c in range(1, N_CLASSES + 1)}
+        for image_id in source.ids():
+            image, label = source.load(image_id)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            mask = Image.fromarray(label.to(torch.uint8).numpy(), mode="P")
+            mask.putpalette(palette)
+            mask.save(voc / "SegmentationClassAug" / f"{image_id}.png")
+            if split == "val":
+                mask.save(voc / "SegmentationClass" / f"{image_id}.png")
+            for c in source.classes_in(image_id):
+                lists[c].append(image_id)
+        (sets / f"{split}.txt").write_text("".join(f"{i}\n" for i in source.ids()))
+        (sets / split).mkdir(exist_ok=True)
+        for c, ids in lists.items():
+            (sets / split / f"class{c}.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
+    (sets / "train.txt").write_text((sets / "trainaug.txt").read_text())
+    return voc
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC's 256-colour palette (bit-interleaved), as a flat [r, g, b, ...] list."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette

@@ -1,0 +1,183 @@
+"""Episodic training with the paper's recipe, resumable from a checkpoint that holds everything."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from .data import IGNORE, SegmentationSource
+from .episodes import EpisodeDataset
+from .model import PANet
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are PANet's PASCAL-5i recipe (spec section 3)."""
+
+    backbone: str = "vgg16"  # the paper's encoder; "small" for the CPU course
+    pretrained: bool | str = True  # ImageNet init of the encoder (path = local copy)
+    align: bool = True  # prototype alignment regularisation
+    align_weight: float = 1.0  # total loss = segmentation + align_weight * PAR
+    ways: int = 1
+    shots: int = 1
+    queries: int = 1
+    batch_size: int = 1  # episodes per step
+    steps: int = 30_000
+    lr: float = 1e-3  # SGD on all parameters, encoder included
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = (10_000, 20_000)  # lr x gamma at these steps (stepped per iteration)
+    gamma: float = 0.1
+    size: int | None = 417  # images and labels resized to size x size (None keeps the source's size)
+    flip: bool = True  # random horizontal flip, p = 0.5, per image
+    faithful: bool = True  # 255 borders count as support background, as in the authors' code
+    seed: int = 1234
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    amp: bool = False  # bfloat16 autocast on CUDA (an option; off reproduces the paper in fp32)
+    channels_last: bool = False  # memory format for convolutions on GPU
+    workers: int = 0  # DataLoader worker processes
+    log_every: int = 50  # steps between log lines
+    checkpoint_every: int = 1000  # steps between checkpoints (and always at the end)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def build_model(config: TrainConfig) -> PANet:
+    return PANet(config.backbone, pretrained=config.pretrained, align=config.align)
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, Q, 1+N, H, W) logits against (B, Q, H, W) episode labels, 255 ignored."""
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(0, 1), ignore_index=IGNORE)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _rng_states() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_states(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, config: TrainConfig,
+                    classes: Sequence[int]) -> None:
+    """Everything needed to resume exactly; written to a temp file and renamed (no torn files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": state.step, "history": state.history,
+                "rng": _rng_states(), "config": asdict(config), "classes": list(classes)}, tmp)
+    tmp.replace(path)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> PANet:
+    """A PANet in eval mode with the weights of a training checkpoint (or a bare state dict)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    config = TrainConfig(**{**ckpt["config"], "pretrained": False}) if "config" in ckpt else TrainConfig(pretrained=False)
+    model = build_model(config)
+    model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
+    return model.to(device).eval()
+
+
+def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfig, out: str | Path | None = None,
+          model: PANet | None = None, progress: bool = True) -> tuple[PANet, list[dict]]:
+    """Train PANet on episodes of `classes` drawn from `source`; returns the model and the loss history.
+
+    With `out`, checkpoints go to `out/checkpoint.pt` and log lines to `out/log.jsonl`; if a
+    checkpoint is there, training resumes from it (same config expected) and continues where it
+    stopped: the episodes are a fixed sequence from the seed, so a resumed run sees the same data.
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model = (model or build_model(config)).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    state = TrainState()
+    ckpt_path = Path(out) / "checkpoint.pt" if out is not None else None
+    if ckpt_path is not None and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = TrainState(ckpt["step"], ckpt["history"])
+        _set_rng_states(ckpt["rng"])
+    model.train()
+    dataset = EpisodeDataset(source, classes, config.steps * config.batch_size, config.ways, config.shots,
+                             config.queries, config.seed, config.size, config.flip, config.faithful)
+    remaining = Subset(dataset, range(state.step * config.batch_size, len(dataset)))
+    loader = DataLoader(remaining, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    log_file = open(Path(out) / "log.jsonl", "a") if out is not None else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="train", unit="step")
+    sums, n_sum, t0 = {"loss": 0.0, "seg_loss": 0.0, "align_loss": 0.0}, 0, time.perf_counter()
+    try:
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+                out_ = model(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"])
+                seg = segmentation_loss(out_.logits.float(), batch["query_labels"])
+                loss = seg + config.align_weight * out_.align_loss.float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            for k, v in (("loss", loss.detach()), ("seg_loss", seg.detach()), ("align_loss", out_.align_loss.detach())):
+                sums[k] += v.item()
+            n_sum += 1
+            bar.update(1)
+            if state.step % config.log_every == 0 or state.step == config.steps:
+                row = {"step": state.step, **{k: v / n_sum for k, v in sums.items()},
+                       "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+                if device.type == "cuda":
+                    row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                state.history.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", align=f"{row['align_loss']:.3f}")
+                if log_file:
+                    log_file.write(json.dumps(row) + "\n")
+                    log_file.flush()
+                sums, n_sum = dict.fromkeys(sums, 0.0), 0
+            if ckpt_path is not None and (state.step % config.checkpoint_every == 0 or state.step == config.steps):
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, state, config, classes)
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+    return model.eval(), state.history
