@@ -142,6 +142,8 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     remaining = Subset(dataset, range(state.step * config.batch_size, len(dataset)))
     loader = DataLoader(remaining, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
     log_file = open(Path(out) / "log.jsonl", "a") if out is not None else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -206,9 +206,10 @@ def pack_sbd(sbd: Path, out_dir: Path) -> Path:
 
 # ----------------------------------------------------------------------------- COCO
 
-# Listed out of order, with non-contiguous ids: the source must sort them (1 -> 1, 3 -> 2, ...).
+# Listed out of order, with non-contiguous ids: the source must sort them (1 -> 1, 3 -> 2, ...);
+# airplane has no annotation but is a category of the file, so it still gets a class.
 COCO_CATEGORIES = [(18, "dog", "animal"), (1, "person", "person"), (3, "car", "vehicle"),
-                   (90, "toothbrush", "indoor"), (7, "train", "vehicle")]
+                   (90, "toothbrush", "indoor"), (5, "airplane", "vehicle"), (7, "train", "vehicle")]
 
 
 def _box(height: int, width: int, top: int, left: int, bottom: int, right: int) -> np.ndarray:
@@ -347,7 +348,7 @@ def serve_directory(directory: Path) -> Iterator[Server]:
     handler = functools.partial(_QuietHandler, directory=str(directory))
     httpd = _QuietServer(("127.0.0.1", 0), handler)
     httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield Server(f"http://127.0.0.1:{httpd.server_address[1]}", httpd.requests)

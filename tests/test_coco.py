@@ -10,7 +10,7 @@ from panet_lite import coco
 from panet_lite.coco import COCOSource, prepare_coco
 from panet_lite.pascal import DataError
 
-CLASS_OF = {1: 1, 3: 2, 7: 3, 18: 4, 90: 5}  # ascending category id -> 1..N
+CLASS_OF = {1: 1, 3: 2, 5: 3, 7: 4, 18: 5, 90: 6}  # ascending category id -> 1..N
 TRAIN = [f"COCO_train2014_{i:012d}" for i in (9, 16, 23, 30)]  # image 2 has no annotations
 
 
@@ -30,15 +30,15 @@ def tree(tmp_path) -> tuple[Path, dict]:
 
 def test_categories_map_to_one_to_n_in_ascending_id_order(tree):
     source = COCOSource(tree[0])
-    assert source.category_ids == [1, 3, 7, 18, 90]
-    assert source.class_names == ("person", "car", "train", "dog", "toothbrush")
-    assert source.num_classes == 5  # 80 on the real files
+    assert source.category_ids == [1, 3, 5, 7, 18, 90]
+    assert source.class_names == ("person", "car", "airplane", "train", "dog", "toothbrush")
+    assert source.num_classes == 6  # 80 on the real files
 
 
 def test_ids_class_lists_and_classes_in(tree):
     source = COCOSource(str(tree[0]), split="train2014")
     assert source.ids() == TRAIN
-    assert source.class_lists([1, 2, 3, 4, 5]) == [[TRAIN[0]], [TRAIN[0]], [TRAIN[3]], [TRAIN[1]], [TRAIN[1]]]
+    assert source.class_lists([1, 2, 3, 4, 5, 6]) == [[TRAIN[0]], [TRAIN[0]], [], [TRAIN[3]], [TRAIN[1]], [TRAIN[1]]]
     assert source.classes_in(TRAIN[0]) == {1, 2} and source.classes_in(TRAIN[2]) == set()
     val = COCOSource(tree[0], split="val2014")
     assert val.ids()[0] == "COCO_val2014_000000000042" and val.class_lists([1]) == [[val.ids()[0]]]
@@ -68,7 +68,7 @@ def test_class_mask_is_the_union_of_instances(tree):
     _, label = source.load(TRAIN[0])
     assert (union & (label == 2)).any()  # the car covers part of a person in `load`, not in the union
     dog = expected[TRAIN[1]][0][1].astype(bool)  # compressed RLE
-    assert torch.equal(source.class_mask(TRAIN[1], 4), torch.from_numpy(dog))
+    assert torch.equal(source.class_mask(TRAIN[1], CLASS_OF[18]), torch.from_numpy(dog))
     assert not source.class_mask(TRAIN[2], 1).any()
 
 
@@ -78,7 +78,7 @@ def test_second_prepare_rewrites_and_reloads_nothing(tree, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in lists}
     monkeypatch.setattr(coco, "load_coco_api", lambda path: pytest.fail("annotations loaded again"))
     report = prepare_coco(root, download=False, progress=False)
-    assert report["train2014"] == {"images": 4, "classes": 5} and report["downloaded"] == []
+    assert report["train2014"] == {"images": 4, "classes": 6} and report["downloaded"] == []
     assert {p: p.stat().st_mtime_ns for p in lists} == before
 
 
@@ -128,7 +128,7 @@ def test_download_end_to_end(tmp_path, served):
     server, urls = served
     report = prepare_coco(tmp_path / "dest", urls=urls, progress=False)
     assert report["downloaded"] == ["annotations", "train2014", "val2014"]
-    assert COCOSource(tmp_path / "dest").class_lists([1, 3]) == [[TRAIN[0]], [TRAIN[3]]]
+    assert COCOSource(tmp_path / "dest").class_lists([1, 4]) == [[TRAIN[0]], [TRAIN[3]]]
     asked = len(server.requests)
     assert prepare_coco(tmp_path / "dest", urls=urls, progress=False)["downloaded"] == []
     assert len(server.requests) == asked

@@ -57,7 +57,8 @@ def trees(tmp_path) -> Path:
 
 # ----------------------------------------------------------------------------- building from VOC + SBD
 
-def test_fake_trees_are_read_by_torchvision(trees):
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_fake_trees_are_read_by_torchvision(trees):  # torchvision's __getitem__ leaves files open
     voc = torchvision.datasets.VOCSegmentation(trees, year="2012", image_set="trainval")
     image, target = voc[0]
     assert target.mode == "P" and image.size == target.size
