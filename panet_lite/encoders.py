@@ -57,12 +57,19 @@ class VGG16Encoder(nn.Sequential):
         _kaiming_init(self)
 
 
+def _conv_gn_relu(c_in: int, c_out: int, dilation: int = 1) -> list[nn.Module]:
+    # GroupNorm, not BatchNorm: an episode's batch is a handful of images whose statistics
+    # would leak between support and query; GroupNorm normalises each image on its own.
+    return [_conv(c_in, c_out, dilation), nn.GroupNorm(8, c_out), nn.ReLU(inplace=True)]
+
+
 class SmallEncoder(nn.Sequential):
     """A small CNN with PANet's stride-8 layout, for the CPU chapters: (B, 3, H, W) -> (B, C, H/8, W/8).
 
     Three blocks of two 3x3 convolutions (32, 64, 128 channels) with the same 3x3/stride-2 pools
     as PANet's VGG, then a dilated block and, as in PANet, no ReLU on the last convolution.
-    About 0.5 M parameters: an episode costs milliseconds on a laptop CPU.
+    GroupNorm after each convolution lets it train from scratch in minutes (VGG starts from
+    ImageNet instead). About 0.6 M parameters: an episode costs milliseconds on a CPU.
     """
 
     def __init__(self, width: int = 32, out_channels: int = 128) -> None:
@@ -70,10 +77,9 @@ class SmallEncoder(nn.Sequential):
         layers: list[nn.Module] = []
         c_in = 3
         for c_out in widths:
-            layers += [_conv(c_in, c_out), nn.ReLU(inplace=True), _conv(c_out, c_out), nn.ReLU(inplace=True)]
-            layers.append(_pool(stride=2))
+            layers += [*_conv_gn_relu(c_in, c_out), *_conv_gn_relu(c_out, c_out), _pool(stride=2)]
             c_in = c_out
-        layers += [_conv(c_in, out_channels, dilation=2), nn.ReLU(inplace=True), _conv(out_channels, out_channels, dilation=2)]
+        layers += [*_conv_gn_relu(c_in, out_channels, dilation=2), _conv(out_channels, out_channels, dilation=2)]
         super().__init__(*layers)
         self.out_channels = out_channels
         _kaiming_init(self)

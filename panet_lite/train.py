@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -59,6 +59,24 @@ def build_model(config: TrainConfig) -> PANet:
     return PANet(config.backbone, pretrained=config.pretrained, align=config.align)
 
 
+# Fields that say how to run, not what is trained: a checkpoint may be resumed with other values.
+RUN_ONLY_FIELDS = ("steps", "pretrained", "device", "amp", "channels_last", "workers", "log_every",
+                   "checkpoint_every")
+
+
+def recipe(config: TrainConfig | dict) -> dict:
+    """The fields of a training config that define the trained model (all but RUN_ONLY_FIELDS)."""
+    d = asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    d = {k: v for k, v in d.items() if k not in RUN_ONLY_FIELDS}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # JSON and pickle agree
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a training checkpoint was saved at (0 if there is none)."""
+    path = Path(path)
+    return torch.load(path, map_location="cpu", weights_only=False)["step"] if path.is_file() else 0
+
+
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of (B, Q, 1+N, H, W) logits against (B, Q, H, W) episode labels, 255 ignored."""
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(0, 1), ignore_index=IGNORE)
@@ -108,6 +126,18 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> PA
     return model.to(device).eval()
 
 
+def _check_resumable(ckpt: dict, config: TrainConfig, path: Path) -> None:
+    """A checkpoint resumes only the same recipe, and only up to a step count it has not passed."""
+    saved = recipe(ckpt["config"])
+    changed = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in recipe(config).items() if k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"{path} was trained with another recipe ({'; '.join(changed)}); "
+                         f"use another output directory, or delete it to start over")
+    if ckpt["step"] > config.steps:
+        raise ValueError(f"{path} is at step {ckpt['step']}, past the {config.steps} steps asked for; "
+                         f"ask for at least {ckpt['step']} steps or use another output directory")
+
+
 def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfig, out: str | Path | None = None,
           model: PANet | None = None, progress: bool = True) -> tuple[PANet, list[dict]]:
     """Train PANet on episodes of `classes` drawn from `source`; returns the model and the loss history.
@@ -119,18 +149,22 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     from tqdm.auto import tqdm
 
     device = resolve_device(config.device)
+    ckpt_path = Path(out) / "checkpoint.pt" if out is not None else None
+    ckpt = None
+    if ckpt_path is not None and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        _check_resumable(ckpt, config, ckpt_path)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = (model or build_model(config)).to(device)
+    # A resumed run overwrites the initial weights: no need to fetch ImageNet weights for it.
+    model = (model or build_model(config if ckpt is None else replace(config, pretrained=False))).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     state = TrainState()
-    ckpt_path = Path(out) / "checkpoint.pt" if out is not None else None
-    if ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -1,0 +1,53 @@
+"""Course helpers: notebook setup and "train or load" of the small models the chapters share."""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .data import train_classes
+from .demo import DemoConfig, demo_train_config
+from .model import PANet
+from .synthetic import SyntheticFewShot
+from .train import TrainConfig, train
+
+CHECKPOINTS = Path("checkpoints")  # relative to the notebook's folder, where Jupyter runs it
+
+
+def setup(seed: int = 0, threads: int = 2) -> torch.device:
+    """The first cell of every chapter: seeds, CPU threads, and the device to use."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def course_sources(size: int = 64, n_images: int = 2000) -> tuple[SyntheticFewShot, SyntheticFewShot]:
+    """The embedded dataset's training stream and its (disjoint) test stream, as the demo uses them."""
+    return SyntheticFewShot("trainaug", n_images, size), SyntheticFewShot("val", n_images // 2, size)
+
+
+def course_model_config(fold: int = 0, shots: int = 1, align: bool = True, steps: int | None = None) -> TrainConfig:
+    """The small-encoder recipe of the demo for one fold / shot count, with or without alignment."""
+    cfg = demo_train_config(DemoConfig(fold=fold, steps=steps or DemoConfig.steps))
+    return replace(cfg, shots=shots, align=align)
+
+
+def train_or_load(fold: int = 0, shots: int = 1, align: bool = True, steps: int | None = None,
+                  directory: str | Path | None = None, progress: bool = True) -> tuple[PANet, list[dict]]:
+    """A small PANet trained on the 15 classes outside `fold`: loaded from
+    `notebooks/checkpoints/<name>/checkpoint.pt` when that run is complete, otherwise trained
+    (or resumed) there first, and announced either way. Returns (model in eval mode, history)."""
+    cfg = course_model_config(fold, shots, align, steps)
+    name = f"small-fold{fold}-{shots}shot-{'align' if align else 'noalign'}-{cfg.steps}"
+    out = Path(directory or CHECKPOINTS) / name
+    ckpt = out / "checkpoint.pt"
+    done = ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=False)["step"] >= cfg.steps
+    if done:
+        print(f"loading {out.as_posix()}/checkpoint.pt (trained earlier; delete that folder to train again)")
+    else:
+        print(f"training {name} for {cfg.steps} steps into {out.as_posix()}/ (a few minutes on 2 CPU cores)")
+    source, _ = course_sources()
+    return train(source, train_classes(fold), cfg, out=out, progress=progress and not done)

@@ -1,0 +1,73 @@
+"""Training resumes exactly; evaluation and the demo produce their figures; the paper table is one source."""
+import json
+
+import pytest
+import torch
+
+from panet_lite.data import fold_classes, train_classes
+from panet_lite.evaluate import EvalConfig, evaluate
+from panet_lite.paper import PAPER_RESULTS, markdown_table, paper_result
+from panet_lite.synthetic import SyntheticFewShot
+from panet_lite.train import TrainConfig, load_model, train
+
+
+def small_config(steps):
+    return TrainConfig(backbone="small", pretrained=False, steps=steps, lr=0.01, milestones=(4,), size=None,
+                       device="cpu", log_every=2, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def source():
+    return SyntheticFewShot("trainaug", 200, size=40)
+
+
+def test_resume_gives_the_same_weights_as_one_straight_run(source, tmp_path):
+    straight, hist = train(source, train_classes(0), small_config(8), out=tmp_path / "a", progress=False)
+    train(source, train_classes(0), small_config(5), out=tmp_path / "b", progress=False)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 5 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "config", "history"}
+    resumed, hist_b = train(source, train_classes(0), small_config(8), out=tmp_path / "b", progress=False)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert [h["step"] for h in hist_b] == [2, 4, 6, 8]
+    assert [h["loss"] for h in hist_b][-1] == pytest.approx(hist[-1]["loss"])
+    lines = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 8
+    # A finished run loads instead of training again.
+    loaded = load_model(tmp_path / "a" / "checkpoint.pt")
+    assert not loaded.training
+    for p, q in zip(straight.parameters(), loaded.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_lr_schedule_steps_per_iteration(source):
+    cfg = small_config(6)
+    _, hist = train(source, train_classes(0), cfg, progress=False)
+    assert [round(h["lr"], 6) for h in hist] == [0.01, 0.001, 0.001]
+
+
+def test_evaluation_runs_seeds_and_batching_do_not_change_the_result(source):
+    torch.manual_seed(0)
+    from panet_lite import PANet
+
+    model = PANet("small").eval()
+    one = evaluate(model, source, fold_classes(1), EvalConfig(runs=2, episodes=6, size=None, batch_size=1),
+                   progress=False)
+    many = evaluate(model, source, fold_classes(1), EvalConfig(runs=2, episodes=6, size=None, batch_size=4),
+                    progress=False)
+    assert one.miou == pytest.approx(many.miou) and one.fb_iou == pytest.approx(many.fb_iou)
+    assert [r["seed"] for r in one.runs] == [1234, 1235]
+    assert one.miou == pytest.approx(sum(r["miou"] for r in one.runs) / 2)
+    assert set(one.class_iou) == set(fold_classes(1))
+
+
+def test_paper_table_is_the_spec():
+    assert paper_result("pascal5i", 1, 1).folds == (42.3, 58.0, 51.1, 41.2)
+    assert paper_result("pascal5i", 1, 5).mean == 55.7
+    assert paper_result("coco20i", 2, 1).backbone == "resnet50"
+    for r in PAPER_RESULTS:
+        if r.folds:
+            assert abs(sum(r.folds) / 4 - r.mean) < 0.06  # the published means agree with their folds
+    assert "| PASCAL-5i 1-way 1-shot | 42.3 | 58.0 | 51.1 | 41.2 | 48.1 | 66.5 |" in markdown_table()
+    with pytest.raises(KeyError, match="pascal5i 1-way 1-shot"):
+        paper_result("pascal5i", 3, 1)
