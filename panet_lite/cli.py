@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from dataclasses import MISSING, fields, replace
@@ -37,6 +38,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=(), defaults: 
         elif f.name == "milestones":
             parser.add_argument(flag, default=default, type=lambda s: tuple(int(x) for x in s.split(",") if x),
                                 help="comma-separated steps (default: %(default)s)")
+        elif f.name == "protocol":
+            parser.add_argument(flag, default=default, choices=("faithful", "standard"),
+                                help="faithful: the paper's test (trainaug images, resized); standard: VOC val "
+                                     "at original size (default: %(default)s)")
         elif f.name in ("size", "save_episodes"):
             parser.add_argument(flag, default=default, type=_none_or(int if f.name == "size" else str),
                                 help="(default: %(default)s)")
@@ -46,6 +51,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=(), defaults: 
 
 def _bool_or_path(s: str):
     return {"true": True, "false": False}.get(s.lower(), s)
+
+
+def _int_list(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
 def _none_or(kind):
@@ -61,7 +73,7 @@ def _data_args(p: argparse.ArgumentParser, fold_required: bool = True) -> None:
     p.add_argument("--root", help="prepared data directory (see `prepare`); not needed for synthetic")
     if fold_required:
         p.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0,1,2,3}")
-    p.add_argument("--synthetic-size", type=int, default=64, help="image side of the embedded dataset")
+    p.add_argument("--synthetic-size", type=int, default=96, help="image side of the embedded dataset")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help=COMMANDS["reproduce"], description=COMMANDS["reproduce"])
     _data_args(p, fold_required=False)
-    p.add_argument("--folds", default="0,1,2,3", help="comma-separated folds (default: %(default)s)")
-    p.add_argument("--shot-list", default="1,5", help="comma-separated shot counts (default: %(default)s)")
+    p.add_argument("--folds", default=(0, 1, 2, 3), type=_int_list, help="comma-separated folds (default: 0,1,2,3)")
+    p.add_argument("--shot-list", default=(1, 5), type=_int_list, help="comma-separated shot counts (default: 1,5)")
     p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
+    # --size, --device, --amp, --seed, --batch-size and --workers apply to training and testing alike.
     add_dataclass_args(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp"))
     add_dataclass_args(p, EvalConfig, skip=("ways", "shots", "queries", "batch_size", "workers", "save_episodes",
                                             "seed"))
@@ -109,16 +122,37 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. ImageNet weights unavailable offline) as one `warning: ...` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _json_line(obj) -> str:
+    """One line of strict JSON; NaN (the IoU of a class that no episode tested) becomes null."""
+    def clean(x):
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.simplefilter("once")
-    try:
-        return COMMAND_FUNCTIONS[args.command](args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        # Bad input and missing data end with one clear line, not a traceback.
-        return _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
-    except KeyboardInterrupt:
-        return _fail("interrupted; rerun the same command to resume from the last checkpoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("once")
+        warnings.showwarning = _print_warning
+        try:
+            return COMMAND_FUNCTIONS[args.command](args)
+        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+            # Bad input and missing data end with one clear line, not a traceback.
+            return _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+        except KeyboardInterrupt:
+            return _fail("interrupted; rerun the same command to resume from the last checkpoint")
 
 
 def cmd_demo(args) -> int:
@@ -127,7 +161,7 @@ def cmd_demo(args) -> int:
     result = run_demo(_pick(args, DemoConfig), progress=not args.json)
     print(format_report(result))
     if args.json:
-        print(json.dumps(result))
+        print(_json_line(result))
     return 0
 
 
@@ -161,15 +195,13 @@ def cmd_test(args) -> int:
     from .train import load_model
 
     cfg = _pick(args, EvalConfig)
-    if args.notrain:
-        model = PANet(args.backbone, pretrained=True)
-    elif args.checkpoint:
-        model = load_model(args.checkpoint)
-    else:
+    if not (args.notrain or args.checkpoint):
         raise ValueError("give --checkpoint RUN/checkpoint.pt, or --notrain for ImageNet features only")
     if cfg.protocol == "standard" and cfg.save_episodes is None:
         cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/episodes-standard-fold{args.fold}-{cfg.shots}shot.json")
+    # The data first: a missing or unprepared --root fails before any weights are loaded.
     source = open_source(args.dataset, args.root, split_for(args.dataset, cfg.protocol), args.synthetic_size)
+    model = PANet(args.backbone, pretrained=True) if args.notrain else load_model(args.checkpoint)
     result = evaluate(model, source, benchmark(args.dataset).test_classes(args.fold), cfg, progress=not args.json)
     print(f"{cfg.protocol} protocol, fold {args.fold}, {cfg.ways}-way {cfg.shots}-shot, "
           f"{cfg.runs} x {cfg.episodes} episodes")
@@ -177,22 +209,25 @@ def cmd_test(args) -> int:
     print(f"  FB-IoU {100 * result.fb_iou:.1f} ± {100 * result.fb_iou_std:.1f}")
     for c, v in result.class_iou.items():
         print(f"  class {c:2d} IoU {100 * v:.1f}")
+    if math.isnan(result.miou):
+        print(f"  (nan: a test class appeared in no episode; use more than {cfg.episodes} --episodes)")
     if cfg.save_episodes:
         print(f"  episodes saved to {cfg.save_episodes}")
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(_json_line(result.as_dict()))
     return 0
 
 
 def cmd_reproduce(args) -> int:
     from .reproduce import markdown, reproduce
 
-    folds = [int(f) for f in args.folds.split(",")]
-    shots = [int(k) for k in args.shot_list.split(",")]
+    folds, shots = list(args.folds), list(args.shot_list)
     train_cfg, eval_cfg = _pick(args, TrainConfig), _pick(args, EvalConfig)
-    table = reproduce(args.dataset, args.root, args.out or f"runs/{args.dataset}", train_cfg, eval_cfg, folds,
-                      shots, synthetic_size=args.synthetic_size)
+    out = args.out or f"runs/{args.dataset}"
+    table = reproduce(args.dataset, args.root, out, train_cfg, eval_cfg, folds, shots,
+                      synthetic_size=args.synthetic_size)
     print(markdown(table))
+    print(f"written to {out}/table.md and {out}/table.json")
     return 0
 
 

@@ -199,6 +199,17 @@ class COCOSource(SegmentationSource):
             label[mask.astype(bool)] = class_id
         return image, torch.from_numpy(label)
 
+    def load_for_classes(self, image_id: str, classes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and a label holding the union mask of each given class (later classes win where two
+        overlap) and 0 elsewhere: the COCO-20i masks of an episode's classes."""
+        image, masks = self._annotations(image_id)
+        label = np.zeros(image.shape[1:], dtype=np.int64)  # (H, W)
+        for class_id in classes:
+            for mask_class, mask in masks:
+                if mask_class == class_id:
+                    label[mask.astype(bool)] = class_id
+        return image, torch.from_numpy(label)
+
     def class_mask(self, image_id: str, class_id: int) -> torch.Tensor:
         """`(H, W)` bool: the union of the instance masks of one class (1..80) in an image."""
         image, masks = self._annotations(image_id)

@@ -24,7 +24,7 @@ def setup(seed: int = 0, threads: int = 2) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def course_sources(size: int = 64, n_images: int = 2000) -> tuple[SyntheticFewShot, SyntheticFewShot]:
+def course_sources(size: int = 96, n_images: int = 2000) -> tuple[SyntheticFewShot, SyntheticFewShot]:
     """The embedded dataset's training stream and its (disjoint) test stream, as the demo uses them."""
     return SyntheticFewShot("trainaug", n_images, size), SyntheticFewShot("val", n_images // 2, size)
 

@@ -51,6 +51,12 @@ class SegmentationSource:
         """The class ids present in an image's mask (0 and 255 excluded)."""
         raise NotImplementedError
 
+    def load_for_classes(self, image_id: str, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image and a label in which the given classes have their full masks (what an
+        episode of those classes sees). Semantic masks already do; COCO overrides this because
+        its instances overlap."""
+        return self.load(image_id)
+
     def class_lists(self, classes: Sequence[int]) -> list[list[str]]:
         """For each class (in the given order), the sorted ids of the images that contain it."""
         lists: dict[int, list[str]] = {c: [] for c in classes}

@@ -17,9 +17,9 @@ class DemoConfig:
     """A CPU-sized version of the paper's recipe; about 3 minutes on 2 cores."""
 
     fold: int = 0  # the unseen fold (its 5 classes are never trained on)
-    steps: int = 2500  # training episodes (batch of 1, 1 query), 1-shot
+    steps: int = 3000  # training episodes (batch of 1, 1 query), 1-shot
     lr: float = 0.01  # higher than the paper's 1e-3: the small encoder starts from scratch
-    size: int = 64  # image side of the embedded dataset
+    size: int = 96  # image side of the embedded dataset
     n_images: int = 2000  # images in the training split
     test_episodes: int = 500  # 1-shot test episodes on the unseen fold (one run, seed 1234)
     seed: int = 1234

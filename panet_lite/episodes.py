@@ -120,8 +120,8 @@ class EpisodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.episodes)
 
-    def _load(self, image_id: str, flip: bool):
-        image, label = self.source.load(image_id)
+    def _load(self, image_id: str, flip: bool, class_ids: Sequence[int]):
+        image, label = self.source.load_for_classes(image_id, class_ids)
         image, label = resize_pair(image, label, self.size)
         if flip:
             image, label = image.flip(-1), label.flip(-1)
@@ -134,7 +134,7 @@ class EpisodeDataset(Dataset):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         ids = [i for shots in ep.support for i in shots] + ep.query
         flips = (torch.rand(len(ids), generator=gen) < 0.5).tolist() if self.flip else [False] * len(ids)
-        loaded = [self._load(i, f) for i, f in zip(ids, flips)]
+        loaded = [self._load(i, f, class_ids) for i, f in zip(ids, flips)]
         N, K = len(ep.support), len(ep.support[0])
         s_imgs = torch.stack([im for im, _ in loaded[: N * K]]).unflatten(0, (N, K))
         fg, bg = [], []
@@ -154,5 +154,5 @@ class EpisodeDataset(Dataset):
         }
         if self.keep_query_size:
             item["query_labels_full"] = torch.stack(
-                [episode_labels(self.source.load(i)[1], class_ids) for i in ep.query])
+                [episode_labels(self.source.load_for_classes(i, class_ids)[1], class_ids) for i in ep.query])
         return item

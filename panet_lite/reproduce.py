@@ -9,7 +9,7 @@ from typing import Sequence
 from .evaluate import EvalConfig, evaluate
 from .paper import paper_result
 from .sources import benchmark, open_source, split_for
-from .train import TrainConfig, load_model, train
+from .train import TrainConfig, load_model, recipe, train
 
 
 def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
@@ -17,19 +17,28 @@ def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
 
 
 def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainConfig, eval_cfg: EvalConfig,
-                   out: Path, progress: bool = True, synthetic_size: int = 64) -> dict:
-    """One cell of the table. Skips training when the checkpoint is complete and testing when
-    `results.json` exists for the same protocol; an interrupted run resumes from its checkpoint."""
+                   out: Path, progress: bool = True, synthetic_size: int = 96) -> dict:
+    """One cell of the table: train (or resume, or load) the model of (fold, shots), then test it.
+
+    Returns the row written to `out/foldF-Nway-Kshot/results-PROTOCOL.json`. A row found there
+    for the same training recipe, step count and test settings is returned without any work; a
+    complete checkpoint is tested without training; an interrupted run resumes from its checkpoint.
+    The standard protocol also saves its episodes (image ids) beside the results.
+    """
     bench = benchmark(dataset)
     d = run_dir(out, fold, shots, train_cfg.ways)
+    train_cfg = replace(train_cfg, shots=shots)
+    eval_cfg = replace(eval_cfg, shots=shots, ways=train_cfg.ways)
+    if eval_cfg.protocol == "standard" and eval_cfg.save_episodes is None:
+        eval_cfg = replace(eval_cfg, save_episodes=str(d / "episodes-standard.json"))
     results = d / f"results-{eval_cfg.protocol}.json"
     if results.is_file():
-        return json.loads(results.read_text())
-    train_cfg = replace(train_cfg, shots=shots)
+        row = json.loads(results.read_text())
+        if _same_setting(row, train_cfg, eval_cfg):
+            return row
     source = open_source(dataset, root, split_for(dataset, "train"), synthetic_size)
     train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)
     model = load_model(d / "checkpoint.pt", "cpu")
-    eval_cfg = replace(eval_cfg, shots=shots, ways=train_cfg.ways)
     test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), synthetic_size)
     result = evaluate(model, test_source, bench.test_classes(fold), eval_cfg, progress=progress)
     row = {"dataset": dataset, "fold": fold, "shots": shots, "ways": train_cfg.ways, **result.as_dict(),
@@ -38,9 +47,23 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
     return row
 
 
+# Test settings that do not change the result (or only say where to write it).
+_EVAL_RUN_ONLY = ("batch_size", "device", "workers", "save_episodes")
+
+
+def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig) -> bool:
+    """Whether a saved results row was produced by this recipe, step count and test protocol."""
+    saved_train, saved_eval = row.get("train_config", {}), row.get("eval_config", {})
+    now_train, now_eval = recipe(train_cfg), json.loads(json.dumps(asdict(eval_cfg)))
+    # A field the results file predates counts as unchanged (new fields default to the old behaviour).
+    return (saved_train.get("steps") == train_cfg.steps
+            and all(recipe(saved_train).get(k, v) == v for k, v in now_train.items())
+            and all(saved_eval.get(k, v) == v for k, v in now_eval.items() if k not in _EVAL_RUN_ONLY))
+
+
 def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_cfg: EvalConfig,
               folds: Sequence[int] = (0, 1, 2, 3), shots: Sequence[int] = (1, 5), progress: bool = True,
-              synthetic_size: int = 64) -> dict:
+              synthetic_size: int = 96) -> dict:
     """Train and test every (fold, shots) model, then write `table.md` and `table.json` to `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,14 +103,16 @@ def markdown(table: dict) -> str:
     lines = [f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)", "",
              "| setting | fold 0 | fold 1 | fold 2 | fold 3 | mean | FB-IoU |", "|---|---|---|---|---|---|---|"]
     for s in table["settings"]:
+        # int() keys: a table read back from table.json has its fold keys as strings.
+        miou, std, paper = ({int(f): v for f, v in s[k].items()} for k in ("miou", "miou_std", "paper_miou"))
         cells = []
         for f in range(4):
-            if f not in s["miou"]:
+            if f not in miou:
                 cells.append("")
                 continue
-            cell = f"{s['miou'][f]:.1f} ± {s['miou_std'][f]:.1f}"
-            if f in s["paper_miou"]:
-                cell += f" ({s['paper_miou'][f]:.1f}, {s['miou'][f] - s['paper_miou'][f]:+.1f})"
+            cell = f"{miou[f]:.1f} ± {std[f]:.1f}"
+            if f in paper:
+                cell += f" ({paper[f]:.1f}, {miou[f] - paper[f]:+.1f})"
             cells.append(cell)
         mean = f"{s['mean_miou']:.1f}"
         if s["paper_mean"] is not None:

@@ -22,7 +22,7 @@ def benchmark(dataset: str) -> Benchmark:
     return COCO20I if dataset == "coco20i" else PASCAL5I
 
 
-def open_source(dataset: str, root: str | Path | None, split: str, synthetic_size: int = 64,
+def open_source(dataset: str, root: str | Path | None, split: str, synthetic_size: int = 96,
                 synthetic_images: int = 2000) -> SegmentationSource:
     """The image source of one split. `root` is the prepared data directory (unused for synthetic)."""
     benchmark(dataset)

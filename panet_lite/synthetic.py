@@ -1,12 +1,13 @@
 """The embedded dataset: procedurally drawn textured objects, shaped like PASCAL-5i (20 classes, 4 folds).
 
-A class is a *texture*: stripes with one of 5 orientations and one of 4 periods. Which
-orientation and period a class gets follows a Latin square, so every fold's 5 held-out classes
-are new combinations of orientations and periods that training has seen separately: learning
-"what a texture is" transfers, memorising the 15 training textures does not. Colours, shapes,
-sizes and stripe phases are random per object, so colour (what an untrained encoder mostly
-sees) says nothing about the class. Images hold 1-3 objects (later ones occlude earlier ones)
-on a smooth background, with VOC-like 255 borders on object outlines.
+A class is a *texture*: one of 5 pattern families (stripes, lines, dashes, waves, ladders) at
+one of 4 orientations. Which orientation a family gets in a class follows a Latin square, so
+every fold's 5 held-out classes are new combinations of families and orientations that
+training has seen separately: learning "what a texture is" transfers, memorising the 15
+training textures does not. Colours, shapes, sizes and pattern phases are random per object,
+so colour (what an untrained encoder mostly sees) says nothing about the class. Images hold
+one or two objects by default (a later one occludes an earlier one) on a smooth background,
+with VOC-like 255 borders on object outlines.
 """
 from __future__ import annotations
 
@@ -20,20 +21,37 @@ import torch.nn.functional as F
 from .data import IGNORE, SegmentationSource
 
 N_CLASSES = 20
-ORIENTATIONS_DEG = (0.0, 36.0, 72.0, 108.0, 144.0)
-PERIODS = (3.2, 4.6, 6.4, 9.0)  # stripe period in pixels at 64 x 64
+ORIENTATIONS_DEG = (0.0, 45.0, 90.0, 135.0)
+FAMILIES = ("stripes", "lines", "dashes", "waves", "ladders")
+PERIOD = 6.0  # pattern period in pixels at 64 x 64 (scaled with the image size)
 SHAPES = ("ellipse", "rectangle", "triangle", "blob")
 SPLIT_SEEDS = {"trainaug": 0, "val": 1}
 
 
 def class_texture(class_id: int) -> tuple[float, float]:
-    """(orientation in degrees, period at 64 px) of a class 1..20: class 5f+j+1 has orientation j
-    and period (f + j) mod 4, a Latin square over the 4 folds."""
+    """(orientation in degrees, pattern family) of a class 1..20: class 5f+j+1 has family j and
+    orientation (f + j) mod 4, a Latin square over the 4 folds."""
     f, j = divmod(class_id - 1, 5)
-    return ORIENTATIONS_DEG[j], PERIODS[(f + j) % 4]
+    return ORIENTATIONS_DEG[(f + j) % 4], FAMILIES[j]
 
 
-CLASS_NAMES = tuple(f"stripes {o:.0f}deg {p:g}px" for o, p in (class_texture(c) for c in range(1, N_CLASSES + 1)))
+CLASS_NAMES = tuple(f"{p} {o:.0f}deg" for o, p in (class_texture(c) for c in range(1, N_CLASSES + 1)))
+
+
+def _pattern(family: str, u: torch.Tensor, v: torch.Tensor, period: float, phase: float) -> torch.Tensor:
+    """Boolean "light" pixels of a texture in rotated coordinates (u across, v along the pattern)."""
+    a = torch.sin(2 * math.pi * u / period + phase)
+    if family == "stripes":
+        return a > 0
+    if family == "lines":  # thin light lines on a dark ground
+        return a > 0.7
+    if family == "dashes":
+        return (a > 0) & (torch.sin(math.pi * v / period + phase) > -0.2)
+    if family == "waves":
+        return torch.sin(2 * math.pi * (u + 0.3 * period * torch.sin(2 * math.pi * v / (2 * period))) / period
+                         + phase) > 0
+    # ladders: stripes with rungs across every other period
+    return (a > 0) | ((torch.sin(2 * math.pi * v / period + phase) > 0.6) & (torch.sin(math.pi * u / period) > 0))
 
 
 def _shape_mask(kind: str, xx: torch.Tensor, yy: torch.Tensor, radius: float, angle: float,
@@ -65,7 +83,7 @@ def _border(label: torch.Tensor) -> torch.Tensor:
     return differs & (label > 0)
 
 
-def render(index: int, size: int = 64, seed: int = 0, max_objects: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def render(index: int, size: int = 96, seed: int = 0, max_objects: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw image `index` of the stream `seed`: uint8 image (3, size, size) and int64 label (size, size)."""
     gen = torch.Generator().manual_seed(seed * 10_000_019 + index)
     scale = size / 64
@@ -82,20 +100,20 @@ def render(index: int, size: int = 64, seed: int = 0, max_objects: int = 3) -> t
     n_objects = torch.randint(1, max_objects + 1, (1,), generator=gen).item()
     classes = torch.randperm(N_CLASSES, generator=gen)[:n_objects] + 1
     for class_id in classes.tolist():
-        orientation, period = class_texture(class_id)
+        orientation, family = class_texture(class_id)
         theta = math.radians(orientation + 6 * (torch.rand(1, generator=gen).item() - 0.5))
-        period *= scale * (0.9 + 0.2 * torch.rand(1, generator=gen).item())
+        period = PERIOD * scale * (0.9 + 0.2 * torch.rand(1, generator=gen).item())
         cx, cy = (size * (0.2 + 0.6 * torch.rand(2, generator=gen))).tolist()
-        radius = size * (0.14 + 0.12 * torch.rand(1, generator=gen).item())
+        radius = size * (0.16 + 0.12 * torch.rand(1, generator=gen).item())
         kind = SHAPES[torch.randint(len(SHAPES), (1,), generator=gen).item()]
         angle = 6.28 * torch.rand(1, generator=gen).item()
         mask = _shape_mask(kind, xx - cx, yy - cy, radius, angle, gen)
         phase = 6.28 * torch.rand(1, generator=gen).item()
-        wave = torch.sin(2 * math.pi * (math.cos(theta) * xx + math.sin(theta) * yy) / period + phase)
-        a, b = torch.rand(3, generator=gen), torch.rand(3, generator=gen)
-        if (a - b).abs().max() < 0.35:  # keep the stripes visible
-            b = 1 - a
-        stripes = torch.where(wave[None] > 0, a[:, None, None], b[:, None, None])
+        u = math.cos(theta) * (xx - cx) + math.sin(theta) * (yy - cy)
+        v = -math.sin(theta) * (xx - cx) + math.cos(theta) * (yy - cy)
+        light = _pattern(family, u, v, period, phase)
+        colour = 0.4 + 0.6 * torch.rand(3, generator=gen)  # random per object: light and dark of it
+        stripes = torch.where(light[None], colour[:, None, None], 0.3 * colour[:, None, None])
         image = torch.where(mask[None], stripes, image)
         label[mask] = class_id
     label[_border(label)] = IGNORE
@@ -106,18 +124,20 @@ def render(index: int, size: int = 64, seed: int = 0, max_objects: int = 3) -> t
 class SyntheticFewShot(SegmentationSource):
     """The embedded few-shot dataset: `n_images` images of a split, drawn on demand from a seed.
 
-    split: "trainaug" or "val" (two independent streams, named like PASCAL's); size: image side.
+    split: "trainaug" or "val" (two independent streams, named like PASCAL's); size: image side;
+    max_objects: objects per image are drawn uniformly from 1..max_objects (3 makes a harder set).
     """
 
     num_classes = N_CLASSES
     class_names = CLASS_NAMES
 
-    def __init__(self, split: str = "trainaug", n_images: int = 2000, size: int = 64, seed: int = 0) -> None:
+    def __init__(self, split: str = "trainaug", n_images: int = 2000, size: int = 96, seed: int = 0,
+                 max_objects: int = 2) -> None:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
         if size < 32:
             raise ValueError(f"size must be at least 32 pixels, got {size}")
-        self.split, self.n_images, self.size = split, n_images, size
+        self.split, self.n_images, self.size, self.max_objects = split, n_images, size, max_objects
         self.stream = 2 * seed + SPLIT_SEEDS[split]
         self._classes = lru_cache(maxsize=None)(self._classes_uncached)
 
@@ -131,7 +151,7 @@ class SyntheticFewShot(SegmentationSource):
         return int(number)
 
     def load(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return render(self._index(image_id), self.size, self.stream)
+        return render(self._index(image_id), self.size, self.stream, self.max_objects)
 
     def _classes_uncached(self, image_id: str) -> frozenset[int]:
         label = self.load(image_id)[1]
@@ -141,7 +161,7 @@ class SyntheticFewShot(SegmentationSource):
         return set(self._classes(image_id))
 
 
-def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size: int = 64, seed: int = 0) -> Path:
+def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size: int = 96, seed: int = 0) -> Path:
     """Write the embedded dataset as a prepared VOC tree (`root/VOCdevkit/VOC2012`).
 
     JPEG images, palette-PNG masks in `SegmentationClassAug`, `ImageSets/Segmentation/

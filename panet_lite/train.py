@@ -30,7 +30,8 @@ class TrainConfig:
     queries: int = 1
     batch_size: int = 1  # episodes per step
     steps: int = 30_000
-    lr: float = 1e-3  # SGD on all parameters, encoder included
+    optimizer: str = "sgd"  # the paper's SGD, or "adamw" for experiments
+    lr: float = 1e-3  # on all parameters, encoder included
     momentum: float = 0.9
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] = (10_000, 20_000)  # lr x gamma at these steps (stepped per iteration)
@@ -69,6 +70,16 @@ def recipe(config: TrainConfig | dict) -> dict:
     d = asdict(config) if isinstance(config, TrainConfig) else dict(config)
     d = {k: v for k, v in d.items() if k not in RUN_ONLY_FIELDS}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # JSON and pickle agree
+
+
+def build_optimizer(model: PANet, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's) or AdamW, over all parameters."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}")
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -160,8 +171,7 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     model = (model or build_model(config if ckpt is None else replace(config, pretrained=False))).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     state = TrainState()
     if ckpt is not None:

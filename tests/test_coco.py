@@ -139,3 +139,17 @@ def test_download_checksum_mismatch(tmp_path, served):
     urls["val2014"] = (urls["val2014"][0], "f" * 32)
     with pytest.raises(DataError, match="checksum mismatch .*val2014.zip"):
         prepare_coco(tmp_path / "dest", urls=urls, progress=False)
+
+
+def test_episode_labels_use_union_masks_where_instances_overlap(tree):
+    """An episode of class c sees c's full union mask even where a later instance of another class
+    is painted over it in `load()`."""
+    src = COCOSource(tree[0], "train2014")
+    overlapped = 0
+    for image_id in src.ids():
+        for c in src.classes_in(image_id):
+            _, label = src.load_for_classes(image_id, [c])
+            assert torch.equal(label == c, src.class_mask(image_id, c))
+            assert set(np.unique(label.numpy())) <= {0, c}
+            overlapped += int((src.load(image_id)[1] == c).sum() < (label == c).sum())
+    assert overlapped > 0  # the fake tree has overlapping instances of different classes

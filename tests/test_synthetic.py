@@ -30,15 +30,15 @@ def test_labels_classes_and_borders():
     assert seen >= set(range(1, N_CLASSES + 1))
 
 
-def test_latin_square_every_fold_class_is_a_new_combination_of_seen_attributes():
+def test_latin_square_every_held_out_class_is_a_new_combination_of_seen_attributes():
     for fold in range(4):
         test = range(5 * fold + 1, 5 * fold + 6)
         train = [c for c in range(1, 21) if c not in test]
         train_or = {class_texture(c)[0] for c in train}
-        train_pe = {class_texture(c)[1] for c in train}
+        train_families = {class_texture(c)[1] for c in train}
         for c in test:
             o, p = class_texture(c)
-            assert o in train_or and p in train_pe
+            assert o in train_or and p in train_families
             assert (o, p) not in {class_texture(t) for t in train}
     assert len({class_texture(c) for c in range(1, 21)}) == 20
 
@@ -51,7 +51,7 @@ def test_source_and_class_lists():
     assert all(3 in src.classes_in(i) for i in lists[0])
     img, lab = src.load("val-000005")
     assert img.shape == (3, 48, 48)
-    assert SyntheticFewShot("trainaug", 10).load("trainaug-000001")[1].shape == (64, 64)
+    assert SyntheticFewShot("trainaug", 10).load("trainaug-000001")[1].shape == (96, 96)
 
 
 def test_voc_export_reads_back_through_the_pascal_loader(tmp_path):

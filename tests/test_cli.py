@@ -1,0 +1,212 @@
+"""The command line end to end, offline: train, resume, test, reproduce, and one clear line on bad input.
+
+The data is the embedded dataset exported as a prepared PASCAL VOC tree (`write_voc_tree`), so
+every command reads it through the same `PascalVOC` source as the real data; 48 px images and the
+small encoder keep the whole file well under a minute and a half on 2 CPU cores.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from panet_lite import reproduce
+from panet_lite.cli import COMMANDS, main
+from panet_lite.paper import paper_result
+from panet_lite.synthetic import write_voc_tree
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    """A prepared VOC tree: 130 trainaug images (every class in >= 6, enough for 5-shot) and 60 val."""
+    root = tmp_path_factory.mktemp("voc")
+    write_voc_tree(root, n_train=130, n_val=60, size=48)
+    return root
+
+
+def data_args(root, shots=1):
+    return ["--dataset", "pascal5i", "--root", str(root), "--fold", "0", "--shots", str(shots),
+            "--size", "48", "--device", "cpu"]
+
+
+def train_args(root, out, steps, shots=1):
+    return ["train", *data_args(root, shots), "--steps", str(steps), "--backbone", "small", "--pretrained", "false",
+            "--out", str(out), "--checkpoint-every", "3", "--log-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained(voc_root, tmp_path_factory):
+    """A finished 6-step run directory (never modified by the tests that use it)."""
+    run = tmp_path_factory.mktemp("run")
+    assert main(train_args(voc_root, run, 6)) == 0
+    return run
+
+
+def log_steps(run):
+    return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_help_lists_every_command_with_one_line(capsys):
+    env = {**os.environ, "COLUMNS": "200"}  # no wrapping, so each description stays on its command's line
+    out = subprocess.run([sys.executable, "-m", "panet_lite", "--help"], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    for name, description in COMMANDS.items():
+        assert re.search(rf"^\s+{name}\s+{re.escape(description)}$", out, re.MULTILINE), (name, out)
+    # The issue's flags exist on the commands that need them.
+    for command, flags in {"train": ["--root", "--fold", "--shots", "--ways", "--steps", "--size", "--device",
+                                     "--out"],
+                           "test": ["--checkpoint", "--protocol", "--runs", "--episodes", "--size", "--device",
+                                    "--json", "--notrain"],
+                           "reproduce": ["--dataset", "--root", "--folds", "--shot-list", "--size", "--device"]}.items():
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        usage = capsys.readouterr().out
+        assert all(flag in usage for flag in flags), (command, usage)
+
+
+def test_train_checkpoints_logs_and_resumes_to_the_same_weights(voc_root, tmp_path, capsys):
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert main(train_args(voc_root, run, 6)) == 0
+    assert f"checkpoint: {run}/checkpoint.pt" in capsys.readouterr().out
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 6 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "config", "history"}
+    assert ckpt["config"]["shots"] == 1 and ckpt["config"]["size"] == 48 and ckpt["config"]["backbone"] == "small"
+    assert log_steps(run) == [2, 4, 6]
+
+    # Asking for 10 steps continues from step 6: the log goes on at 8 and 10, not from 2 again.
+    assert main(train_args(voc_root, run, 10)) == 0
+    assert log_steps(run) == [2, 4, 6, 8, 10]
+    assert main(train_args(voc_root, straight, 10)) == 0
+    resumed = torch.load(run / "checkpoint.pt", weights_only=False)
+    direct = torch.load(straight / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == direct["step"] == 10
+    assert resumed["model"].keys() == direct["model"].keys()
+    for name, weight in direct["model"].items():
+        assert torch.equal(resumed["model"][name], weight), name  # bit for bit
+
+
+def test_resume_refuses_another_recipe_or_fewer_steps(voc_root, trained, capsys):
+    before = (trained / "checkpoint.pt").stat().st_mtime_ns
+    assert main(train_args(voc_root, trained, 6, shots=5)) == 2
+    assert "another recipe (shots: 1 -> 5)" in one_error_line(capsys)
+    assert main(train_args(voc_root, trained, 4)) == 2
+    assert "past the 4 steps" in one_error_line(capsys)
+    assert (trained / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_test_prints_the_result_as_json_on_the_last_line(voc_root, trained, capsys):
+    args = ["test", *data_args(voc_root), "--checkpoint", str(trained / "checkpoint.pt"), "--runs", "2",
+            "--episodes", "5", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "faithful protocol, fold 0, 1-way 1-shot, 2 x 5 episodes"
+    result = json.loads(out[-1])  # strict JSON: a class no episode drew is null, not NaN
+    assert {"miou", "miou_std", "fb_iou", "class_iou"} <= set(result)
+    assert set(result["class_iou"]) == {"1", "2", "3", "4", "5"}
+    assert [r["seed"] for r in result["runs"]] == [1234, 1235]
+    assert 0 <= result["fb_iou"] <= 1
+    assert result["miou"] is None or 0 <= result["miou"] <= 1  # None: 5 episodes missed a class
+
+
+def test_standard_protocol_saves_its_episodes(voc_root, trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default episodes file goes to runs/ under the working directory
+    args = ["test", *data_args(voc_root), "--checkpoint", str(trained / "checkpoint.pt"), "--protocol",
+            "standard", "--runs", "1", "--episodes", "4"]
+    assert main(args) == 0
+    path = tmp_path / "runs" / "pascal5i" / "episodes-standard-fold0-1shot.json"
+    assert f"episodes saved to {path.relative_to(tmp_path)}" in capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert saved["classes"] == [1, 2, 3, 4, 5] and saved["shots"] == 1 and len(saved["runs"]) == 1
+    episodes = saved["runs"][0]
+    assert len(episodes) == 4
+    assert all(i.startswith("val-") for ep in episodes for i in ep["query"] + ep["support"][0])  # VOC val
+
+
+def test_reproduce_writes_the_table_beside_the_paper_and_skips_done_work(voc_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "table"
+
+    def reproduce_args(shot_list="1,5", episodes=15):
+        return ["reproduce", "--dataset", "pascal5i", "--root", str(voc_root), "--folds", "0", "--shot-list",
+                shot_list, "--steps", "4", "--size", "48", "--device", "cpu", "--backbone", "small",
+                "--pretrained", "false", "--runs", "1", "--episodes", str(episodes), "--out", str(out)]
+
+    args = reproduce_args()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "table.json").read_text())
+    md = (out / "table.md").read_text()
+    assert md.strip() in printed
+    assert [s["shots"] for s in table["settings"]] == [1, 5]
+    for setting, shots in zip(table["settings"], (1, 5)):
+        paper = paper_result("pascal5i", 1, shots)
+        ours = setting["miou"]["0"]
+        assert setting["paper_miou"]["0"] == paper.folds[0] and setting["paper_mean"] == paper.mean
+        # Our fold-0 cell holds the paper's number and the difference, both from panet_lite.paper.
+        assert f"{ours:.1f} ± 0.0 ({paper.folds[0]:.1f}, {ours - paper.folds[0]:+.1f})" in md
+        assert f"({paper.fb_iou:.1f}, {setting['mean_fb_iou'] - paper.fb_iou:+.1f})" in md
+    for shots in (1, 5):
+        d = out / f"fold0-1way-{shots}shot"
+        assert torch.load(d / "checkpoint.pt", weights_only=False)["step"] == 4
+        assert json.loads((d / "results-faithful.json").read_text())["train_config"]["shots"] == shots
+
+    # A rerun finds every model trained and tested: nothing is trained or tested again.
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("done work was redone")
+
+    monkeypatch.setattr(reproduce, "train", must_not_run)
+    monkeypatch.setattr(reproduce, "evaluate", must_not_run)
+    assert main(args) == 0
+    assert (out / "table.md").read_text() == md
+
+    # Other test settings: the trained model is tested again, not retrained.
+    monkeypatch.undo()
+    d = out / "fold0-1way-1shot"
+    trained_at = (d / "checkpoint.pt").stat().st_mtime_ns
+    assert main(reproduce_args(shot_list="1", episodes=16)) == 0
+    assert json.loads((d / "results-faithful.json").read_text())["eval_config"]["episodes"] == 16
+    assert (d / "checkpoint.pt").stat().st_mtime_ns == trained_at
+
+
+@pytest.mark.parametrize("case", ["missing root", "unprepared root", "missing checkpoint", "no checkpoint"])
+def test_bad_input_exits_2_with_one_clear_line(case, voc_root, tmp_path, capsys):
+    checkpoint = ["--checkpoint", str(tmp_path / "nope.pt")]
+    args = {
+        "missing root": ["test", "--dataset", "pascal5i", "--fold", "0", *checkpoint],
+        "unprepared root": ["train", "--dataset", "pascal5i", "--root", str(tmp_path), "--fold", "0"],
+        "missing checkpoint": ["test", *data_args(voc_root), *checkpoint],
+        "no checkpoint": ["test", *data_args(voc_root)],
+    }[case]
+    expected = {
+        "missing root": "--root is required for pascal5i",
+        "unprepared root": f"PASCAL VOC is not prepared in {tmp_path}",
+        "missing checkpoint": f"checkpoint not found: {tmp_path / 'nope.pt'}",
+        "no checkpoint": "give --checkpoint RUN/checkpoint.pt, or --notrain",
+    }[case]
+    assert main(args) == 2
+    assert expected in one_error_line(capsys)
+
+
+def test_notrain_offline_falls_back_to_random_weights_with_one_warning(voc_root, tmp_path):
+    # No cached weights, and every download refused at once (as offline, but fast and certain).
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "no_proxy": "", "NO_PROXY": ""}
+    env.update({k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")})
+    args = ["test", *data_args(voc_root), "--notrain", "--runs", "1", "--episodes", "2", "--json"]
+    done = subprocess.run([sys.executable, "-m", "panet_lite", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: could not download VGG16_Weights"), done.stderr
+    assert "fb_iou" in json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,0 +1,39 @@
+"""Every exercise's reference solution (notebooks/solutions/chNN.py) passes its checker."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+
+from panet_lite import checks  # noqa: E402
+
+
+def test_ch01_solutions():
+    from solutions import ch01
+
+    assert checks.check_episode_labels(ch01.my_episode_labels)
+    assert checks.check_support_masks(ch01.my_support_masks)
+
+
+def test_ch02_solutions():
+    from solutions import ch02
+
+    assert checks.check_masked_average_pool(ch02.my_masked_average_pool)
+    assert checks.check_prototypes(ch02.my_prototypes)
+
+
+def test_ch03_solutions():
+    from solutions import ch03
+
+    assert checks.check_prototype_scores(ch03.my_prototype_scores)
+
+
+def test_ch04_solutions():
+    from solutions import ch04
+
+    assert checks.check_alignment_loss(ch04.my_alignment_loss)
+
+
+def test_ch06_solutions():
+    from solutions import ch06
+
+    assert checks.check_class_iou(ch06.my_class_iou)
