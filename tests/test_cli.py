@@ -23,7 +23,7 @@ from panet_lite.synthetic import write_voc_tree
 def voc_root(tmp_path_factory):
     """A prepared VOC tree: 130 trainaug images (every class in >= 6, enough for 5-shot) and 60 val."""
     root = tmp_path_factory.mktemp("voc")
-    write_voc_tree(root, n_train=130, n_val=60, size=48)
+    write_voc_tree(root, n_train=200, n_val=150, size=48)
     return root
 
 
