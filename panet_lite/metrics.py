@@ -38,13 +38,14 @@ class IoUMeter:
         if pred.min() < 0 or pred.max() >= J:
             raise ValueError(f"pred holds labels outside 0..{J - 1} for a {J - 1}-way episode")
         Q = pred.shape[0]
-        valid = target != IGNORE
-        if (target[valid] >= J).any() or (target[valid] < 0).any():
+        # Ignored pixels go to an extra target row J that is dropped: one pass, no masked copies.
+        t = torch.where(target == IGNORE, J, target)
+        if t.min() < 0 or t.max() > J or (target == J).any():
             raise ValueError(f"target holds labels outside 0..{J - 1} and 255 for a {J - 1}-way episode")
         # Confusion matrix per query: conf[q, t, p] = #pixels with target t and prediction p.
-        q_idx = torch.arange(Q, device=pred.device).unsqueeze(1).expand_as(pred)
-        flat = (q_idx * J + target) * J + pred
-        conf = torch.bincount(flat[valid], minlength=Q * J * J).view(Q, J, J).cpu().double()
+        offsets = torch.arange(Q, device=pred.device).unsqueeze(1) * ((J + 1) * J)
+        flat = (offsets + t * J + pred).flatten()
+        conf = torch.bincount(flat, minlength=Q * (J + 1) * J).view(Q, J + 1, J)[:, :J].cpu().double()
         tp = conf.diagonal(dim1=1, dim2=2)  # (Q, J)
         gt = conf.sum(dim=2)  # |G_j|
         predicted = conf.sum(dim=1)  # |P_j| (pred == j, target != 255)

@@ -16,14 +16,18 @@ import torch
 from panet_lite import reproduce
 from panet_lite.cli import COMMANDS, main
 from panet_lite.paper import paper_result
+from panet_lite.pascal import PascalVOC
 from panet_lite.synthetic import write_voc_tree
 
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
-    """A prepared VOC tree: 130 trainaug images (every class in >= 6, enough for 5-shot) and 60 val."""
+    """A prepared VOC tree: 200 trainaug images (every class in >= 6, enough for 5-shot) and 150 val."""
     root = tmp_path_factory.mktemp("voc")
     write_voc_tree(root, n_train=200, n_val=150, size=48)
+    # If the embedded dataset changes, these say which count above to raise.
+    assert min(map(len, PascalVOC(root, "trainaug").class_lists(range(1, 21)))) >= 6, "raise n_train"
+    assert min(map(len, PascalVOC(root, "val").class_lists(range(1, 6)))) >= 2, "raise n_val"
     return root
 
 
