@@ -18,7 +18,7 @@ lab: $(STAMP)  ## open the course in JupyterLab
 
 test: $(STAMP)  ## unit tests, then every notebook under nbval
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
-		--sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=$(NB_TIMEOUT) -p no:randomly
+		--sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=$(NB_TIMEOUT) --durations=20
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest tests
