@@ -11,7 +11,7 @@ from .data import train_classes
 from .demo import DemoConfig, demo_train_config
 from .model import PANet
 from .synthetic import SyntheticFewShot
-from .train import TrainConfig, train
+from .train import TrainConfig, load_model, train
 
 CHECKPOINTS = Path("checkpoints")  # relative to the notebook's folder, where Jupyter runs it
 
@@ -44,10 +44,10 @@ def train_or_load(fold: int = 0, shots: int = 1, align: bool = True, steps: int 
     name = f"small-fold{fold}-{shots}shot-{'align' if align else 'noalign'}-{cfg.steps}"
     out = Path(directory or CHECKPOINTS) / name
     ckpt = out / "checkpoint.pt"
-    done = ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=False)["step"] >= cfg.steps
-    if done:
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.is_file() else None
+    if saved is not None and saved["step"] >= cfg.steps:
         print(f"loading {out.as_posix()}/checkpoint.pt (trained earlier; delete that folder to train again)")
-    else:
-        print(f"training {name} for {cfg.steps} steps into {out.as_posix()}/ (a few minutes on 2 CPU cores)")
+        return load_model(ckpt), saved["history"]
+    print(f"training {name} for {cfg.steps} steps into {out.as_posix()}/ (a few minutes on 2 CPU cores)")
     source, _ = course_sources()
-    return train(source, train_classes(fold), cfg, out=out, progress=progress and not done)
+    return train(source, train_classes(fold), cfg, out=out, progress=progress)

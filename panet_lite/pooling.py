@@ -1,4 +1,4 @@
-"""Masked average pooling (late fusion) and PANet's foreground/background prototypes."""
+"""Masked average pooling (late fusion: masks applied to features) and PANet's foreground/background prototypes."""
 from __future__ import annotations
 
 import torch
@@ -11,8 +11,9 @@ def masked_average_pool(features: torch.Tensor, masks: torch.Tensor) -> torch.Te
     """Average of each feature map over its mask, after upsampling the features to the mask.
 
     features: (..., C, h, w) at feature resolution; masks: (..., H, W) float 0/1 at image size.
-    Returns (..., C): sum(F * M) / (sum(M) + 1e-5). Upsampling the features rather than
-    shrinking the mask ("late fusion") keeps thin objects that a stride-8 mask would lose.
+    Returns (..., C): sum(F * M) / (sum(M) + 1e-5). The mask is applied to the features, not to
+    the input image (PANet's "late fusion"), and at the mask's resolution: upsampling the
+    features rather than shrinking the mask keeps thin objects that a stride-8 mask would lose.
     """
     lead = features.shape[:-3]
     C, h, w = features.shape[-3:]
