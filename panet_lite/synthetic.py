@@ -170,6 +170,8 @@ def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size:
     """
     from PIL import Image
 
+    from .pascal import voc_palette
+
     voc = Path(root) / "VOCdevkit" / "VOC2012"
     sets = voc / "ImageSets" / "Segmentation"
     for d in (voc / "JPEGImages", voc / "SegmentationClassAug", voc / "SegmentationClass", sets):
@@ -195,17 +197,3 @@ def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size:
     (sets / "train.txt").write_text((sets / "trainaug.txt").read_text())
     return voc
 
-
-def voc_palette() -> list[int]:
-    """PASCAL VOC's 256-colour palette (bit-interleaved), as a flat [r, g, b, ...] list."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
