@@ -19,7 +19,7 @@ from .train import resolve_device
 
 @dataclass
 class EvalConfig:
-    """Defaults are the PANet-faithful protocol (spec section 5)."""
+    """Defaults are the PANet-faithful protocol (docs/protocol.md, "Testing protocols and the metric")."""
 
     ways: int = 1
     shots: int = 1

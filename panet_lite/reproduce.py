@@ -1,4 +1,8 @@
-"""Reproduce the paper's table: train (or load) one model per fold and shot count, test, compare."""
+"""Reproduce the paper's table: train (or load) one model per fold and shot count, test, compare.
+
+On the embedded dataset the same code is a *synthetic pipeline check*: its table carries no
+paper numbers and says so in its title (`summarize(..., compare=False)`).
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +14,10 @@ from .evaluate import EvalConfig, evaluate
 from .paper import paper_result
 from .sources import benchmark, open_source, split_for
 from .train import TrainConfig, load_model, recipe, train
+
+
+REPRODUCTION = "reproduction"
+PIPELINE_CHECK = "synthetic pipeline check"  # the kind of a table built without the paper's numbers
 
 
 def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
@@ -63,27 +71,34 @@ def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig) -> bo
 
 def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_cfg: EvalConfig,
               folds: Sequence[int] = (0, 1, 2, 3), shots: Sequence[int] = (1, 5), progress: bool = True,
-              synthetic_size: int = 96) -> dict:
-    """Train and test every (fold, shots) model, then write `table.md` and `table.json` to `out`."""
+              synthetic_size: int = 96, compare: bool | None = None) -> dict:
+    """Train and test every (fold, shots) model, then write `table.md` and `table.json` to `out`.
+
+    `compare` is passed to `summarize`: whether the table sets the paper's numbers beside ours.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, synthetic_size)
             for k in shots for f in folds]
-    table = summarize(dataset, rows, train_cfg.ways)
+    table = summarize(dataset, rows, train_cfg.ways, compare)
     (out / "table.json").write_text(json.dumps(table, indent=1))
     (out / "table.md").write_text(markdown(table))
     return table
 
 
-def summarize(dataset: str, rows: list[dict], ways: int = 1) -> dict:
-    """Per shot count: per-fold and mean mIoU / FB-IoU (in %), stds over runs, the paper's numbers."""
+def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | None = None) -> dict:
+    """Per shot count: per-fold and mean mIoU / FB-IoU (in %), stds over runs, the paper's numbers.
+
+    compare: set the paper's numbers beside ours (a reproduction). False makes the table a
+    synthetic pipeline check (`kind` = PIPELINE_CHECK): no paper numbers at all, for runs on the
+    embedded dataset, whose numbers say nothing about the paper's. None (the default) compares
+    unless `dataset` is "synthetic"; the embedded data exported as a PASCAL tree reads as
+    "pascal5i", so a caller who knows it is synthetic passes False.
+    """
+    compare = dataset != "synthetic" if compare is None else compare
     settings = []
     for shots in sorted({r["shots"] for r in rows}):
         mine = sorted((r for r in rows if r["shots"] == shots), key=lambda r: r["fold"])
-        try:
-            paper = paper_result("pascal5i" if dataset == "synthetic" else dataset, ways, shots)
-        except KeyError:
-            paper = None
         folds = {r["fold"]: 100 * r["miou"] for r in mine}
         entry = {
             "shots": shots, "ways": ways,
@@ -91,20 +106,36 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1) -> dict:
             "fb_iou": {r["fold"]: 100 * r["fb_iou"] for r in mine},
             "mean_miou": sum(folds.values()) / len(folds),
             "mean_fb_iou": sum(100 * r["fb_iou"] for r in mine) / len(mine),
-            "paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
-            "paper_mean": paper.mean if paper else None, "paper_fb_iou": paper.fb_iou if paper else None,
         }
+        if compare:
+            try:
+                paper = paper_result(dataset, ways, shots)
+            except KeyError:
+                paper = None
+            entry |= {"paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
+                      "paper_mean": paper.mean if paper else None,
+                      "paper_fb_iou": paper.fb_iou if paper else None}
         settings.append(entry)
-    return {"dataset": dataset, "settings": settings}
+    return {"dataset": dataset, "kind": REPRODUCTION if compare else PIPELINE_CHECK, "settings": settings}
+
+
+def title(table: dict) -> str:
+    """The table's heading: a reproduction beside the paper, or a synthetic pipeline check."""
+    if table.get("kind", REPRODUCTION) == PIPELINE_CHECK:
+        data = "the embedded dataset" if table["dataset"] == "synthetic" else f"synthetic data in {table['dataset']} format"
+        return (f"{PIPELINE_CHECK.capitalize()} on {data} (not a reproduction, so no paper numbers; "
+                f"mIoU %, mean ± std over runs)")
+    return f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)"
 
 
 def markdown(table: dict) -> str:
-    """The reproduced table with the paper's numbers and the difference (ours - paper) beside ours."""
-    lines = [f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)", "",
+    """The table as Markdown: each of our cells with the paper's number and the difference (ours -
+    paper) beside it, or, for a synthetic pipeline check, ours alone."""
+    lines = [title(table), "",
              "| setting | fold 0 | fold 1 | fold 2 | fold 3 | mean | FB-IoU |", "|---|---|---|---|---|---|---|"]
     for s in table["settings"]:
         # int() keys: a table read back from table.json has its fold keys as strings.
-        miou, std, paper = ({int(f): v for f, v in s[k].items()} for k in ("miou", "miou_std", "paper_miou"))
+        miou, std, paper = ({int(f): v for f, v in s.get(k, {}).items()} for k in ("miou", "miou_std", "paper_miou"))
         cells = []
         for f in range(4):
             if f not in miou:
@@ -115,10 +146,10 @@ def markdown(table: dict) -> str:
                 cell += f" ({paper[f]:.1f}, {miou[f] - paper[f]:+.1f})"
             cells.append(cell)
         mean = f"{s['mean_miou']:.1f}"
-        if s["paper_mean"] is not None:
+        if s.get("paper_mean") is not None:
             mean += f" ({s['paper_mean']:.1f}, {s['mean_miou'] - s['paper_mean']:+.1f})"
         fb = f"{s['mean_fb_iou']:.1f}"
-        if s["paper_fb_iou"] is not None:
+        if s.get("paper_fb_iou") is not None:
             fb += f" ({s['paper_fb_iou']:.1f}, {s['mean_fb_iou'] - s['paper_fb_iou']:+.1f})"
         lines.append(f"| {s['ways']}-way {s['shots']}-shot | " + " | ".join(cells) + f" | {mean} | {fb} |")
     return "\n".join(lines) + "\n"

@@ -115,3 +115,47 @@ def plot_history(history: Sequence[dict], ax=None, keys: Sequence[str] = ("seg_l
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     return ax
+
+
+_DATASET_NAMES = {"pascal5i": "PASCAL-5i", "coco20i": "COCO-20i", "synthetic": "embedded dataset"}
+
+
+def plot_table(table: dict, folds: Sequence[int] = (0, 1, 2, 3), ax_size: tuple[float, float] = (5.0, 3.4)):
+    """Bars of a `reproduce.summarize` table, one panel per shot count: our mIoU per fold and their
+    mean (with the std over runs), and the paper's beside them when the table holds it. A synthetic
+    pipeline check (no paper numbers) is titled as one. Returns the figure."""
+    from .reproduce import PIPELINE_CHECK
+
+    check = table.get("kind") == PIPELINE_CHECK
+    settings = table["settings"]
+    fig, axes = plt.subplots(1, len(settings), figsize=(ax_size[0] * len(settings), ax_size[1]), sharey=True,
+                             squeeze=False)
+    labels = [str(f) for f in folds] + ["mean"]
+    x = np.arange(len(labels))
+    for ax, s in zip(axes[0], settings):
+        # int() keys: a table read back from table.json has its fold keys as strings.
+        miou, std = ({int(f): v for f, v in s[k].items()} for k in ("miou", "miou_std"))
+        paper = {int(f): v for f, v in s.get("paper_miou", {}).items()}
+        ours = [miou.get(f, np.nan) for f in folds] + [s["mean_miou"]]
+        errors = [std.get(f, np.nan) for f in folds] + [np.nan]  # no std for the mean of folds
+        has_paper = bool(paper) or s.get("paper_mean") is not None
+        width = 0.4 if has_paper else 0.6
+        ax.bar(x - width / 2 if has_paper else x, ours, width, yerr=errors, capsize=3, color=WAY_COLORS[0],
+               label="ours (± std over runs)")
+        if has_paper:
+            theirs = [paper.get(f, np.nan) for f in folds] + [s.get("paper_mean") or np.nan]
+            ax.bar(x + width / 2, theirs, width, color=BACKGROUND_COLOR, label="paper")
+        setting = f"{s['ways']}-way {s['shots']}-shot"
+        name = _DATASET_NAMES.get(table["dataset"], table["dataset"])
+        ax.set_title(f"{PIPELINE_CHECK}: {setting}" if check else f"{name} {setting}", fontsize=10)
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("fold")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("mIoU (%)")
+    axes[0, 0].set_ylim(0, 1.25 * axes[0, 0].get_ylim()[1])  # room for the legend above the bars
+    axes[0, 0].legend(frameon=False, fontsize=8, loc="upper left", ncols=2)
+    if check:
+        fig.suptitle(f"{PIPELINE_CHECK.capitalize()} (embedded data): not a reproduction, no paper numbers",
+                     fontsize=10)
+    fig.tight_layout()
+    return fig

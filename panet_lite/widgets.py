@@ -468,7 +468,10 @@ class SimilarityMapWidget(_View):
     def figure(self):
         names = [self.source.class_names[c - 1] for c in self.state["class_ids"]]
         fig = plot_similarity(self.state, self.item, names)
-        fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}: mIoU {self.state['miou']:.2f}",
+        # The IoU of this one episode (episode_iou), as in the prediction panel; with several ways, their mean.
+        n_ways = len(self.state["class_ids"])
+        what = "IoU" if n_ways == 1 else f"mean IoU of the {n_ways} ways"
+        fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}: {what} {self.state['miou']:.2f}",
                      fontsize=10, y=1.0, va="bottom")
         return fig
 

@@ -1,4 +1,6 @@
-"""The README tells the truth: its paper table is panet_lite.paper's, its notebooks exist."""
+"""The README tells the truth: its paper table is panet_lite.paper's, its notebooks exist, and it
+(like docs/ and every chapter) links only to the project's own files or to public web pages."""
+import json
 import re
 from pathlib import Path
 
@@ -6,6 +8,12 @@ from panet_lite.paper import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PAPER = "https://arxiv.org/abs/1908.06391"
+AUTHORS_CODE = "https://github.com/kaixin96/PANet"
+
+
+def notebook_text(path: Path) -> str:
+    return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
 
 
 def test_readme_paper_table_is_the_package_table():
@@ -24,3 +32,22 @@ def test_readme_commands_are_real_cli_commands():
 
     used = set(re.findall(r"python -m panet_lite (\w+)", README))
     assert used and used <= set(COMMANDS)
+
+
+def test_readme_and_chapter_0_link_the_paper_the_authors_code_and_the_protocol_page():
+    welcome = notebook_text(ROOT / "notebooks" / "00_welcome.ipynb")
+    for text, protocol in ((README, "(docs/protocol.md)"), (welcome, "(../docs/protocol.md)")):
+        assert f"({PAPER})" in text and f"({AUTHORS_CODE})" in text and protocol in text
+
+
+def test_links_stay_inside_the_project():
+    texts = {ROOT / "README.md": README, **{p: p.read_text() for p in (ROOT / "docs").glob("*.md")}}
+    texts |= {p: notebook_text(p) for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert ROOT / "docs" / "protocol.md" in texts
+    for path, text in texts.items():
+        assert "PANET_SPEC" not in text and "shared/" not in text, f"{path.name} points outside the project"
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("https://", "http://", "#")):
+                continue
+            resolved = (path.parent / target.split("#")[0]).resolve()
+            assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{path.name}: broken link {target}"
