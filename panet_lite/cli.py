@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=("pascal", "coco"))
     p.add_argument("--root", required=True, help="data directory (VOCdevkit/ and SBD/, or COCO's folders)")
     p.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading")
+    check = p.add_mutually_exclusive_group()
+    check.add_argument("--check-only", action="store_true",
+                       help="pascal: download and build nothing, only compare a prepared tree's image counts per "
+                            "split and class with a correct preparation's (data/pascal5i_reference_counts.json)")
+    check.add_argument("--no-check-counts", dest="check_counts", action="store_false",
+                       help="pascal: skip that comparison after building, e.g. for a deliberate subset; by default "
+                            "a mismatch (such as a partial SBD download gives) is an error")
 
     p = sub.add_parser("train", help=COMMANDS["train"], description=COMMANDS["train"])
     _data_args(p)
@@ -166,11 +173,22 @@ def cmd_demo(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    if args.dataset == "pascal":
-        from .pascal import prepare_pascal as prepare
+    if args.dataset == "coco":
+        if args.check_only or not args.check_counts:
+            raise ValueError("--check-only and --no-check-counts apply to `prepare pascal` only "
+                             "(there are no reference counts for COCO)")
+        from .coco import prepare_coco
+
+        report = prepare_coco(args.root, download=args.download)
+    elif args.check_only:
+        from .pascal import check_pascal_counts
+
+        counts = check_pascal_counts(args.root)
+        report = {"counts": "match the reference", **{split: c["images"] for split, c in counts.items()}}
     else:
-        from .coco import prepare_coco as prepare
-    report = prepare(args.root, download=args.download)
+        from .pascal import prepare_pascal
+
+        report = prepare_pascal(args.root, download=args.download, check_counts=args.check_counts)
     print(json.dumps(report, indent=1, default=str))
     return 0
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torchvision.datasets.utils import download_and_extract_archive
 
-from .data import SegmentationSource
+from .data import FOLDS_FILE, SegmentationSource, read_data_json
 from .pascal import DataError, fetch_once, prepare_hint, read_ids, read_rgb, write_text_if_changed
 
 COCO_SPLITS = ("train2014", "val2014")
@@ -74,6 +74,29 @@ def _check_annotations(coco, annotation_file: Path, image_dir: Path) -> None:
                         f"`{prepare_hint(image_dir.parent, 'coco')}` again.")
 
 
+def coco20i_categories() -> list[tuple[int, str]]:
+    """COCO-20i's 80 (category id, name) pairs in ascending id order, from data/folds.json."""
+    entry = read_data_json(FOLDS_FILE)["coco20i"]
+    return list(zip(entry["category_ids"], entry["class_names"]))
+
+
+def _check_categories(coco, annotation_file: Path) -> None:
+    """A file with as many categories as COCO-20i must have COCO-20i's (data/folds.json).
+
+    The folds are defined on the 2014 categories: another set of 80 (another release, a relabelled
+    file) would silently give other objects the folds' class ids. Files with fewer categories
+    (subsets, the tests' small trees) are taken as they are.
+    """
+    want = coco20i_categories()
+    got = [(c, coco.cats[c]["name"]) for c in sorted(coco.cats)]
+    if len(got) == len(want) and got != want:
+        (c, name), (want_c, want_name) = next((g, w) for g, w in zip(got, want) if g != w)
+        raise DataError(f"{annotation_file} has {len(got)} categories but not COCO-20i's: its category {c} is "
+                        f"{name!r} where data/{FOLDS_FILE} has {want_c} {want_name!r}. Use the official COCO 2014 "
+                        f"annotations: delete {annotation_file} and run "
+                        f"`{prepare_hint(annotation_file.parents[1], 'coco')}` again.")
+
+
 def build_class_lists(root: Path, split: str) -> dict:
     """Write root/panet_lite_lists/<split>/: images.txt, class<N>.txt (sorted stems), index.json.
 
@@ -90,6 +113,7 @@ def build_class_lists(root: Path, split: str) -> dict:
         if index["annotation_stamp"] == stamp and (out / "images.txt").is_file():
             return index
     coco = load_coco_api(annotation_file)
+    _check_categories(coco, annotation_file)
     _check_annotations(coco, annotation_file, root / split)
     category_ids = sorted(coco.cats)
     stem_of = {image_id: Path(info["file_name"]).stem for image_id, info in coco.imgs.items()}

@@ -1,32 +1,106 @@
-"""Segmentation sources (labelled images) and the PASCAL-5i / COCO-20i fold definitions."""
+"""Segmentation sources (labelled images) and the PASCAL-5i / COCO-20i fold definitions.
+
+The fold definitions live in the repository's data/folds.json (readable, and the only copy):
+this module reads them. pyproject.toml maps data/ into wheels as panet_lite/_data.
+"""
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 IGNORE = 255  # VOC's "don't care" label (object borders)
+FOLDS_FILE = "folds.json"
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
+
+def data_file(name: str) -> Path:
+    """The path of one of data/'s committed definition files (folds.json, reference counts).
+
+    A wheel holds them in panet_lite/_data; a checkout (and so the editable install) reads
+    data/ beside the package, so an edit of the file takes effect without reinstalling.
+    """
+    package = Path(__file__).resolve().parent
+    for folder in (package / "_data", package.parent / "data"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"panet_lite's data file {name} is missing (looked in {package / '_data'} and "
+                            f"{package.parent / 'data'}); reinstall panet_lite or restore data/{name}.")
+
+
+@functools.cache
+def read_data_json(name: str) -> dict:
+    """A data/ JSON file, parsed once per process (the definitions don't change while it runs);
+    the dict is shared, so callers read it and never modify it."""
+    path = data_file(name)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); restore it from the repository.") from None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Which classes a few-shot benchmark has and which of them each fold holds out (tests on)."""
+
+    name: str
+    class_names: tuple[str, ...]  # class id k is class_names[k - 1]
+    folds: tuple[tuple[int, ...], ...]  # per fold, the held-out class ids
+
+    @classmethod
+    def load(cls, name: str) -> "Benchmark":
+        """The benchmark `name` ("pascal5i", "coco20i") as data/folds.json defines it."""
+        entry = read_data_json(FOLDS_FILE)[name]
+        return cls(name, tuple(entry["class_names"]),
+                   tuple(tuple(fold["test_class_ids"]) for fold in entry["folds"]))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+    def test_classes(self, fold: int) -> list[int]:
+        """Global ids of the classes the fold holds out, ascending."""
+        if not 0 <= fold < self.n_folds:
+            raise ValueError(f"fold must be in 0..{self.n_folds - 1}, got {fold}")
+        return sorted(self.folds[fold])
+
+    def train_classes(self, fold: int) -> list[int]:
+        """The classes outside the fold, ascending: the ones episodic training draws from."""
+        held_out = set(self.test_classes(fold))
+        return [c for c in range(1, self.n_classes + 1) if c not in held_out]
+
+
+PASCAL5I = Benchmark.load("pascal5i")
+COCO20I = Benchmark.load("coco20i")
+BENCHMARKS = (PASCAL5I, COCO20I)
+VOC_CLASSES = ("background", *PASCAL5I.class_names)  # indexed by label: VOC_CLASSES[15] == "person"
+
+
+def _benchmark_of(n_classes: int, n_folds: int) -> Benchmark:
+    """The benchmark with that many classes and folds (20: PASCAL-5i, 80: COCO-20i)."""
+    for bench in BENCHMARKS:
+        if (bench.n_classes, bench.n_folds) == (n_classes, n_folds):
+            return bench
+    known = ", ".join(f"{b.name} ({b.n_classes} classes, {b.n_folds} folds)" for b in BENCHMARKS)
+    raise ValueError(f"no benchmark with {n_classes} classes in {n_folds} folds; {FOLDS_FILE} defines {known}")
 
 
 def fold_classes(fold: int, n_classes: int = 20, n_folds: int = 4) -> list[int]:
-    """Global ids of the classes a fold holds out: 5i+1..5i+5 (PASCAL-5i), 20i+1..20i+20 (COCO-20i)."""
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
-    per_fold = n_classes // n_folds
-    return list(range(fold * per_fold + 1, (fold + 1) * per_fold + 1))
+    """Global ids of the classes a fold holds out, as folds.json defines them for the benchmark
+    with `n_classes`: 5i+1..5i+5 (PASCAL-5i, 20), 20i+1..20i+20 (COCO-20i, 80)."""
+    return _benchmark_of(n_classes, n_folds).test_classes(fold)
 
 
 def train_classes(fold: int, n_classes: int = 20, n_folds: int = 4) -> list[int]:
     """The classes outside the fold, ascending: the ones episodic training draws from."""
-    held_out = set(fold_classes(fold, n_classes, n_folds))
-    return [c for c in range(1, n_classes + 1) if c not in held_out]
+    return _benchmark_of(n_classes, n_folds).train_classes(fold)
 
 
 class SegmentationSource:
@@ -65,22 +139,3 @@ class SegmentationSource:
                 if c in lists:
                     lists[c].append(image_id)
         return [sorted(lists[c]) for c in classes]
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """Which classes a few-shot benchmark has and how it splits them into folds."""
-
-    name: str
-    n_classes: int
-    n_folds: int = 4
-
-    def test_classes(self, fold: int) -> list[int]:
-        return fold_classes(fold, self.n_classes, self.n_folds)
-
-    def train_classes(self, fold: int) -> list[int]:
-        return train_classes(fold, self.n_classes, self.n_folds)
-
-
-PASCAL5I = Benchmark("pascal5i", 20)
-COCO20I = Benchmark("coco20i", 80)

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 + SBD: download, build SegmentationClassAug and trainaug, read them as a source."""
+"""PASCAL VOC 2012 + SBD: download, build SegmentationClassAug and trainaug, check their counts, read a source."""
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +25,7 @@ from PIL import Image
 from torchvision.datasets import SBDataset, VOCSegmentation
 from tqdm.auto import tqdm
 
-from .data import IGNORE, VOC_CLASSES, SegmentationSource
+from .data import IGNORE, VOC_CLASSES, SegmentationSource, read_data_json
 
 VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
 SBD_ITEMS = ("cls", "img", "inst", "train.txt", "val.txt")  # what torchvision moves out of benchmark.tgz
@@ -33,6 +33,7 @@ SPLITS = ("trainaug", "val")
 EXTRACTED = ".panet_lite_extracted"  # written into a folder once its archive is fully extracted
 BUILDING = ".panet_lite_building"  # present in VOC2012 while a VOC+SBD build is unfinished
 INDEX_FILE = "panet_lite_index.json"  # per-image classes + file stamps, so re-runs skip finished work
+REFERENCE_FILE = "pascal5i_reference_counts.json"  # in data/: the counts of a correct preparation
 
 
 class DataError(ValueError):
@@ -421,7 +422,7 @@ def _write_lists(voc: Path, splits: dict[str, list[str]], results: dict[str, dic
 
 def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None = None,
                    voc_md5: str | None = None, sbd_url: str | None = None, sbd_md5: str | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, check_counts: bool = True, reference: dict | None = None) -> dict:
     """Download what is missing of VOC2012 and SBD and build SegmentationClassAug, trainaug and class lists.
 
     Layout (torchvision's): root/VOCdevkit/VOC2012 and root/SBD. If VOC2012/SegmentationClassAug
@@ -429,7 +430,10 @@ def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None 
     are built: VOC's SegmentationClass for VOC's train+val images, SBD's cls/*.mat for the rest
     (and SegmentationObjectAug from SegmentationObject / inst/*.mat). Safe to re-run: finished
     work is skipped and an interrupted run is completed. The url/md5 arguments replace the
-    official ones (e.g. a mirror). Returns a report: route, image and mask counts, downloads.
+    official ones (e.g. a mirror). Finally the lists are compared with the counts of a correct
+    preparation (`check_pascal_counts`; `reference` as there), unless `check_counts` is False:
+    a partial SBD or SegmentationClassAug builds without error, only the counts reveal it.
+    Returns a report: route, image and mask counts, downloads, whether the counts were checked.
     Raises DataError (naming the file and the fix) on missing or malformed data.
     """
     base = base_dir(root)
@@ -464,6 +468,8 @@ def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None 
     _write_lists(voc, {"trainaug": trainaug, "val": voc_val}, results)
     write_text_if_changed(index_path, json.dumps({"version": 1, "images": results}, sort_keys=True))
     building.unlink(missing_ok=True)
+    if check_counts:
+        check_pascal_counts(base, reference, rebuilt=True)
     return {
         "route": route,
         "trainaug": len(trainaug),
@@ -471,7 +477,91 @@ def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None 
         "masks_written": written,
         "object_masks": sum(job.object_out.exists() for job in jobs),
         "downloaded": downloaded,
+        "counts_checked": check_counts,
     }
+
+
+# ----------------------------------------------------------------------------- reference counts
+
+def reference_counts() -> dict[str, dict]:
+    """The counts of a correct preparation, from data/pascal5i_reference_counts.json.
+
+    {split: {"images": n, "per_class": {class id: images containing it}}}, for trainaug and val.
+    """
+    splits = read_data_json(REFERENCE_FILE)["splits"]
+    return {split: {"images": entry["images"],
+                    "per_class": {int(c): n for c, n in entry["images_per_class"].items()}}
+            for split, entry in splits.items()}
+
+
+def prepared_counts(root: str | Path) -> dict[str, dict]:
+    """The same counts, read from a prepared tree's lists (what PascalVOC and the episodes use)."""
+    counts = {}
+    for split in SPLITS:
+        source = PascalVOC(root, split)
+        classes = range(1, source.num_classes + 1)
+        counts[split] = {"images": len(source.ids()),
+                         "per_class": dict(zip(classes, map(len, source.class_lists(classes))))}
+    return counts
+
+
+def _count_mismatches(found: dict, reference: dict) -> list[tuple[str, str, int, int]]:
+    """(split, what and its list file, expected, found) for each count that differs, totals first."""
+    mismatches = []
+    for split, want in reference.items():
+        got = found[split]
+        if got["images"] != want["images"]:
+            mismatches.append((split, f"total ({split}.txt)", want["images"], got["images"]))
+        for c, n in sorted(want["per_class"].items()):
+            if got["per_class"].get(c, 0) != n:
+                what = f"class {c} {VOC_CLASSES[c]} ({split}/class{c}.txt)"
+                mismatches.append((split, what, n, got["per_class"].get(c, 0)))
+    return mismatches
+
+
+def _counts_fix(base: Path, splits: set[str], rebuilt: bool) -> str:
+    """Likely cause and fix of a count mismatch, by the splits it touches (trainaug: SBD; val: VOC)."""
+    voc = base / VOC_SUBDIR
+    causes, delete = [], []
+    if "trainaug" in splits:
+        causes.append("a partial or damaged SBD download or extraction (SBD/cls, SBD/train.txt, SBD/val.txt), "
+                      "another SBD, or an incomplete SegmentationClassAug, from which trainaug is built")
+        delete.append(base / "SBD")
+    if "val" in splits:
+        causes.append("an incomplete or modified VOC2012 (ImageSets/Segmentation/val.txt, SegmentationClass)")
+        delete.append(base / "VOCdevkit")
+    else:
+        delete.append(voc / "SegmentationClassAug")  # inside VOCdevkit otherwise
+    fix = (f"delete {' and '.join(map(str, delete))}, then run `{prepare_hint(base)}` again: it downloads or "
+           f"re-extracts what is missing and rebuilds the masks and lists")
+    if not rebuilt:
+        fix = (f"run `{prepare_hint(base)}` (it rebuilds lists that were edited or are stale); if the counts "
+               f"still differ, {fix}")
+    return (f"Likely cause: {'; or '.join(causes)}. To fix: {fix}. For a deliberate subset, "
+            f"`--no-check-counts` (check_counts=False) skips this check.")
+
+
+def check_pascal_counts(root: str | Path, reference: dict | None = None, rebuilt: bool = False) -> dict:
+    """Compare a prepared tree's per-split and per-class image counts with a correct preparation's.
+
+    A partial SBD download or SegmentationClassAug prepares without any error, just with fewer
+    images, and would silently change every result; the counts catch it. `reference` defaults to
+    data/pascal5i_reference_counts.json (the real dataset); small test trees pass their own, in
+    the same layout. `rebuilt`: the lists were just rebuilt (by prepare), which changes the advice.
+    Returns the counts found; raises DataError naming each difference, its likely cause and the fix.
+    """
+    base = base_dir(root)
+    found = prepared_counts(base)
+    mismatches = _count_mismatches(found, reference_counts() if reference is None else reference)
+    if mismatches:
+        shown = "; ".join(f"{split} {what}: expected {want:,} images, found {got:,}"
+                          for split, what, want, got in mismatches[:5])
+        more = f"; and {len(mismatches) - 5} more" if len(mismatches) > 5 else ""
+        named = f" (data/{REFERENCE_FILE})" if reference is None else ""
+        raise DataError(f"the PASCAL-5i lists in {base / VOC_SUBDIR / 'ImageSets' / 'Segmentation'} do not "
+                        f"match the reference counts{named} of a correct preparation: {shown}{more}. "
+                        f"{_counts_fix(base, {m[0] for m in mismatches}, rebuilt)}")
+    return found
 
 
 # ----------------------------------------------------------------------------- the source

@@ -185,6 +185,16 @@ def expected_masks(image_id: str) -> tuple[np.ndarray, np.ndarray]:
     return s.class_mask(borders=from_voc), s.object_mask(borders=from_voc)
 
 
+def reference_counts() -> dict:
+    """The counts a correct preparation of the scenario has, in check_pascal_counts' `reference` layout:
+    per split, the images and, per class 1..20, the images whose expected class mask shows it."""
+    counts = {}
+    for split, ids in (("trainaug", TRAINAUG), ("val", VOC_VAL)):
+        present = [set(np.unique(expected_masks(i)[0]).tolist()) - {0, 255} for i in ids]
+        counts[split] = {"images": len(ids), "per_class": {c: sum(c in p for p in present) for c in range(1, 21)}}
+    return counts
+
+
 def pack_voc(base: Path, out_dir: Path) -> Path:
     """Pack base/VOCdevkit as the real VOCtrainval_11-May-2012.tar (members VOCdevkit/VOC2012/...)."""
     archive = Path(out_dir) / VOC_ARCHIVE

@@ -214,3 +214,65 @@ def test_notrain_offline_falls_back_to_random_weights_with_one_warning(voc_root,
     warnings = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
     assert len(warnings) == 1 and warnings[0].startswith("warning: could not download VGG16_Weights"), done.stderr
     assert "fb_iou" in json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- prepare's count check
+
+@pytest.fixture
+def small_tree(tmp_path):
+    """The small VOC + SBD scenario of test_pascal: far fewer images than the real dataset."""
+    import fakedata
+
+    return fakedata.make_pascal_trees(tmp_path / "pascal")
+
+
+def test_prepare_help_explains_the_count_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "--check-only" in usage and "data/pascal5i_reference_counts.json" in usage
+    assert "--no-check-counts" in usage and "partial SBD download" in usage
+
+
+def error_after_progress(capsys) -> str:
+    """The one error line that ends stderr after prepare's progress bars, and no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("masks:")]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_prepare_pascal_fails_plainly_when_counts_differ(small_tree, capsys):
+    assert main(["prepare", "pascal", "--root", str(small_tree), "--no-download"]) == 2
+    line = error_after_progress(capsys)
+    assert "do not match the reference counts (data/pascal5i_reference_counts.json)" in line
+    assert "trainaug total (trainaug.txt): expected 10,582 images, found 6" in line
+    assert "partial or damaged SBD download" in line and "--no-check-counts" in line
+
+
+def test_prepare_pascal_no_check_counts_and_check_only(small_tree, capsys):
+    assert main(["prepare", "pascal", "--root", str(small_tree), "--no-download", "--no-check-counts"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts_checked"] is False and report["trainaug"] == 6
+    lists = small_tree / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    (lists / "trainaug" / "class3.txt").write_text("")  # cut short: check-only must not rebuild it
+    assert main(["prepare", "pascal", "--root", str(small_tree), "--check-only"]) == 2
+    line = one_error_line(capsys)
+    assert "trainaug class 3 bird (trainaug/class3.txt): expected 698 images, found 0" in line
+    assert f"run `python -m panet_lite prepare pascal --root {small_tree}` (it rebuilds lists" in line
+    assert (lists / "trainaug" / "class3.txt").read_text() == ""
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["prepare", "coco", "--root", "ROOT", "--check-only"], "apply to `prepare pascal` only"),
+    (["prepare", "pascal", "--root", "ROOT", "--check-only"], "PASCAL VOC is not prepared in ROOT"),
+])
+def test_prepare_check_only_misuse_is_one_line(args, expected, tmp_path, capsys):
+    assert main([str(tmp_path) if a == "ROOT" else a for a in args]) == 2
+    assert expected.replace("ROOT", str(tmp_path)) in one_error_line(capsys)
+
+
+def test_check_only_and_no_check_counts_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "pascal", "--root", str(tmp_path), "--check-only", "--no-check-counts"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """prepare_coco and COCOSource on a small generated COCO 2014 tree (offline, local HTTP)."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 import fakedata as fd
 from panet_lite import coco
 from panet_lite.coco import COCOSource, prepare_coco
+from panet_lite.data import COCO20I
 from panet_lite.pascal import DataError
 
 CLASS_OF = {1: 1, 3: 2, 5: 3, 7: 4, 18: 5, 90: 6}  # ascending category id -> 1..N
@@ -153,3 +155,32 @@ def test_episode_labels_use_union_masks_where_instances_overlap(tree):
             assert set(np.unique(label.numpy())) <= {0, c}
             overlapped += int((src.load(image_id)[1] == c).sum() < (label == c).sum())
     assert overlapped > 0  # the fake tree has overlapping instances of different classes
+
+
+def _set_categories(root: Path, categories: list[tuple[int, str]]) -> None:
+    """Give both annotation files these categories (the fake annotations use ids 1, 3, 7, 18 and 90)."""
+    for split in coco.COCO_SPLITS:
+        path = root / "annotations" / f"instances_{split}.json"
+        dataset = json.loads(path.read_text())
+        dataset["categories"] = [{"id": i, "name": n, "supercategory": ""} for i, n in categories]
+        path.write_text(json.dumps(dataset))
+
+
+def test_the_80_categories_are_coco20is(tmp_path):
+    """A file with COCO-20i's 80 categories maps them to the folds' classes 1..80; another 80 is refused."""
+    root = tmp_path / "coco"
+    make_tree(root)
+    official = coco.coco20i_categories()  # from data/folds.json
+    assert len(official) == 80 and official[0] == (1, "person") and official[-1] == (90, "toothbrush")
+    _set_categories(root, official)
+    prepare_coco(root, download=False, progress=False)
+    source = COCOSource(root)
+    assert source.class_names == COCO20I.class_names and source.num_classes == 80
+    assert source.class_lists([COCO20I.class_names.index("dog") + 1]) == [[TRAIN[1]]]
+
+    renamed = [(i, "puppy" if i == 18 else n) for i, n in official]
+    _set_categories(root, renamed)
+    annotation_file = root / "annotations" / "instances_train2014.json"
+    with pytest.raises(DataError, match=f"{annotation_file} has 80 categories but not COCO-20i's: its category 18 "
+                                        f"is 'puppy' where data/folds.json has 18 'dog'"):
+        prepare_coco(root, download=False, progress=False)

@@ -12,9 +12,15 @@ from PIL import Image
 
 import fakedata as fd
 from panet_lite import pascal
-from panet_lite.pascal import DataError, PascalVOC, box_masks, prepare_pascal
+from panet_lite.pascal import DataError, PascalVOC, box_masks, check_pascal_counts, prepare_pascal
 
 VOC_SETS = Path("VOCdevkit", "VOC2012", "ImageSets", "Segmentation")
+FAKE_COUNTS = fd.reference_counts()  # what a correct preparation of the small scenario holds
+
+
+def prepare(base, **kwargs) -> dict:
+    """prepare_pascal offline and quiet, its counts checked against the scenario's (not the real dataset's)."""
+    return prepare_pascal(base, **{"download": False, "progress": False, "reference": FAKE_COUNTS, **kwargs})
 
 
 def voc_dir(base: Path) -> Path:
@@ -69,15 +75,15 @@ def test_fake_trees_are_read_by_torchvision(trees):  # torchvision's __getitem__
 
 
 def test_prepare_builds_trainaug_masks_and_lists(trees):
-    report = prepare_pascal(trees, download=False, progress=False)
+    report = prepare(trees)
     assert report == {"route": "VOC+SBD", "trainaug": len(fd.TRAINAUG), "val": len(fd.VOC_VAL),
-                      "masks_written": 2 * 9, "object_masks": 9, "downloaded": []}
+                      "masks_written": 2 * 9, "object_masks": 9, "downloaded": [], "counts_checked": True}
     assert "2007_000033" not in fd.TRAINAUG  # VOC val, though SBD lists it as train
     assert_prepared(trees)
 
 
 def test_second_run_rewrites_and_rereads_nothing(trees, monkeypatch):
-    prepare_pascal(trees, download=False, progress=False)
+    prepare(trees)
     before = snapshot(trees)
 
     def no_reading(*args, **kwargs):
@@ -85,17 +91,17 @@ def test_second_run_rewrites_and_rereads_nothing(trees, monkeypatch):
 
     monkeypatch.setattr(pascal, "read_png_mask", no_reading)
     monkeypatch.setattr(pascal, "read_sbd_mat", no_reading)
-    report = prepare_pascal(str(trees), download=False, progress=False)
+    report = prepare(str(trees))
     assert report["masks_written"] == 0
     assert snapshot(trees) == before
 
 
 def test_changed_mask_is_checked_again(trees):
-    prepare_pascal(trees, download=False, progress=False)
+    prepare(trees)
     bad = voc_dir(trees) / "SegmentationClassAug" / "2008_000002.png"
     fd.save_palette_png(np.full((4, 4), 7, np.uint8), bad)
     with pytest.raises(DataError, match=str(bad)):
-        prepare_pascal(trees, download=False, progress=False)
+        prepare(trees)
 
 
 def test_interrupted_build_is_finished(trees, monkeypatch):
@@ -110,18 +116,18 @@ def test_interrupted_build_is_finished(trees, monkeypatch):
 
     monkeypatch.setattr(pascal, "write_png_mask", dying_write)
     with pytest.raises(RuntimeError, match="killed"):
-        prepare_pascal(trees, download=False, progress=False)
+        prepare(trees)
     assert (voc_dir(trees) / pascal.BUILDING).exists()
     stale = voc_dir(trees) / "SegmentationClassAug" / "2008_000003.png.123-4.tmp"
     stale.write_bytes(b"half a png")
     monkeypatch.setattr(pascal, "write_png_mask", real_write)
-    report = prepare_pascal(trees, download=False, progress=False)
+    report = prepare(trees)
     assert report["masks_written"] == 18 - 5
     assert_prepared(trees)
 
 
 def test_root_may_be_vocdevkit_or_voc2012(trees):
-    prepare_pascal(trees / "VOCdevkit" / "VOC2012", download=False, progress=False)
+    prepare(trees / "VOCdevkit" / "VOC2012")
     assert_prepared(trees)
     assert PascalVOC(str(trees / "VOCdevkit")).ids() == fd.TRAINAUG
 
@@ -130,12 +136,12 @@ def test_root_may_be_vocdevkit_or_voc2012(trees):
 
 @pytest.mark.parametrize("with_list", [False, True])
 def test_existing_segmentation_class_aug_needs_no_sbd(tmp_path, trees, with_list):
-    prepare_pascal(trees, download=False, progress=False)
+    prepare(trees)
     shared = fd.make_pascal_trees(tmp_path / "shared", sbd=False)
     shutil.copytree(voc_dir(trees) / "SegmentationClassAug", voc_dir(shared) / "SegmentationClassAug")
     if with_list:
         shutil.copy(trees / VOC_SETS / "trainaug.txt", shared / VOC_SETS / "trainaug.txt")
-    report = prepare_pascal(shared, download=False, progress=False)
+    report = prepare(shared)
     assert report["route"] == "SegmentationClassAug" and report["masks_written"] == 0
     assert report["object_masks"] == 0
     assert_prepared(shared, objects=False)
@@ -144,12 +150,12 @@ def test_existing_segmentation_class_aug_needs_no_sbd(tmp_path, trees, with_list
 
 
 def test_incomplete_segmentation_class_aug_asks_for_sbd(tmp_path, trees):
-    prepare_pascal(trees, download=False, progress=False)
+    prepare(trees)
     shared = fd.make_pascal_trees(tmp_path / "shared", sbd=False)
     shutil.copytree(voc_dir(trees) / "SegmentationClassAug", voc_dir(shared) / "SegmentationClassAug")
     (voc_dir(shared) / "SegmentationClassAug" / f"{fd.VOC_VAL[1]}.png").unlink()
     with pytest.raises(DataError, match="SBD not found"):
-        prepare_pascal(shared, download=False, progress=False)
+        prepare(shared)
 
 
 # ----------------------------------------------------------------------------- bad data
@@ -216,13 +222,94 @@ def _wrong_struct(base):
 def test_bad_data_names_the_file(trees, damage):
     path = damage(trees)
     with pytest.raises(DataError) as error:
-        prepare_pascal(trees, download=False, progress=False)
+        prepare(trees)
     assert str(path) in str(error.value)
 
 
 def test_missing_voc_without_download(tmp_path):
     with pytest.raises(DataError, match="python -m panet_lite prepare pascal --root"):
-        prepare_pascal(tmp_path, download=False, progress=False)
+        prepare(tmp_path)
+
+
+# ----------------------------------------------------------------------------- reference counts
+
+def _cut_short(base: Path, split: str, class_id: int) -> Path:
+    """Drop the last image of a prepared class list, as a partial download or a hand edit would."""
+    path = base / VOC_SETS / split / f"class{class_id}.txt"
+    path.write_text("".join(f"{i}\n" for i in path.read_text().split()[:-1]))
+    return path
+
+
+def test_counts_of_a_correct_tree_pass(trees):
+    assert prepare(trees)["counts_checked"] is True
+    assert check_pascal_counts(trees, reference=FAKE_COUNTS) == FAKE_COUNTS
+    assert check_pascal_counts(str(trees / "VOCdevkit"), reference=FAKE_COUNTS) == FAKE_COUNTS
+
+
+def test_class_list_cut_short_fails_the_check(trees):
+    prepare(trees)
+    assert FAKE_COUNTS["trainaug"]["per_class"][3] == 2  # the scenario's two trainaug images of class 3 (bird)
+    _cut_short(trees, "trainaug", 3)
+    with pytest.raises(DataError) as error:
+        check_pascal_counts(trees, reference=FAKE_COUNTS)
+    message = str(error.value)
+    assert message.startswith(f"the PASCAL-5i lists in {trees / VOC_SETS} do not match the reference counts of "
+                              f"a correct preparation: trainaug class 3 bird (trainaug/class3.txt): expected 2 "
+                              f"images, found 1. Likely cause: a partial or damaged SBD download")
+    assert f"run `python -m panet_lite prepare pascal --root {trees}` (it rebuilds lists" in message
+    assert f"delete {trees / 'SBD'} and {voc_dir(trees) / 'SegmentationClassAug'}, then run" in message
+    assert "\n" not in message  # the CLI shows it as one line
+    prepare(trees)  # rebuilds the list: the check passes again
+    assert check_pascal_counts(trees, reference=FAKE_COUNTS) == FAKE_COUNTS
+
+
+def test_val_list_cut_short_blames_voc(trees):
+    prepare(trees)
+    _cut_short(trees, "val", 17)
+    with pytest.raises(DataError, match=r"val class 17 sheep \(val/class17.txt\): expected 2 images, found 1\. "
+                                        r"Likely cause: an incomplete or modified VOC2012") as error:
+        check_pascal_counts(trees, reference=FAKE_COUNTS)
+    assert f"delete {trees / 'VOCdevkit'}, then run" in str(error.value)
+
+
+def test_partial_sbd_fails_prepare_plainly(trees):
+    """An SBD that lacks an image (here: missing from its train.txt) builds without error; only the count shows."""
+    sbd_train = trees / "SBD" / "train.txt"
+    sbd_train.write_text(sbd_train.read_text().replace("2008_000002\n", ""))
+    with pytest.raises(DataError) as error:
+        prepare(trees)
+    message = str(error.value)
+    assert "trainaug total (trainaug.txt): expected 6 images, found 5" in message
+    assert "partial or damaged SBD download" in message
+    assert f"delete {trees / 'SBD'} and" in message and "(it rebuilds lists" not in message  # just rebuilt
+    assert (trees / VOC_SETS / "trainaug.txt").read_text().split() == [i for i in fd.TRAINAUG if i != "2008_000002"]
+    assert prepare(trees, check_counts=False)["counts_checked"] is False  # the explicit way past it
+
+
+def test_real_reference_rejects_a_small_tree_by_default(trees):
+    """Without a reference argument, prepare compares with the real dataset: a small tree is a partial one."""
+    with pytest.raises(DataError) as error:
+        prepare_pascal(trees, download=False, progress=False)
+    message = str(error.value)
+    assert "reference counts (data/pascal5i_reference_counts.json)" in message
+    assert "trainaug total (trainaug.txt): expected 10,582 images, found 6; " in message
+    assert "trainaug class 1 aeroplane (trainaug/class1.txt): expected 586 images, found 1" in message
+    assert "more. Likely cause:" in message and "or an incomplete or modified VOC2012" in message
+
+
+def test_check_only_on_an_unprepared_tree_says_what_to_run(trees):
+    with pytest.raises(DataError, match="PASCAL VOC is not prepared in .* Run `python -m panet_lite prepare pascal"):
+        check_pascal_counts(trees)
+
+
+def test_reference_file_holds_the_real_counts():
+    """data/pascal5i_reference_counts.json, as the check reads it: the real SegmentationClassAug's counts."""
+    reference = pascal.reference_counts()
+    assert reference["trainaug"]["images"] == 10582 and reference["val"]["images"] == 1449
+    assert [reference["trainaug"]["per_class"][c] for c in range(1, 21)] == [
+        586, 486, 698, 461, 654, 385, 1086, 1000, 1081, 264, 528, 1177, 444, 482, 3898, 487, 299, 491, 500, 548]
+    assert [reference["val"]["per_class"][c] for c in range(1, 21)] == [
+        90, 79, 103, 72, 96, 74, 127, 119, 123, 71, 75, 128, 79, 76, 446, 85, 57, 90, 84, 74]
 
 
 # ----------------------------------------------------------------------------- downloads (local HTTP server)
@@ -238,7 +325,8 @@ def archives(tmp_path) -> Path:
 
 def _download_args(server, www, **overrides):
     args = dict(voc_url=f"{server.url}/{fd.VOC_ARCHIVE}", voc_md5=fd.md5(www / fd.VOC_ARCHIVE),
-                sbd_url=f"{server.url}/{fd.SBD_ARCHIVE}", sbd_md5=fd.md5(www / fd.SBD_ARCHIVE), progress=False)
+                sbd_url=f"{server.url}/{fd.SBD_ARCHIVE}", sbd_md5=fd.md5(www / fd.SBD_ARCHIVE), progress=False,
+                reference=FAKE_COUNTS)
     args.update(overrides)
     return args
 
@@ -313,7 +401,7 @@ def test_interrupted_extractions_are_finished(tmp_path, archives):
 # ----------------------------------------------------------------------------- the source
 
 def test_pascal_voc_source(trees):
-    prepare_pascal(trees, download=False, progress=False)
+    prepare(trees)
     train, val = PascalVOC(trees), PascalVOC(str(trees), split="val")
     assert train.ids() == fd.TRAINAUG and val.ids() == fd.VOC_VAL
     assert train.num_classes == 20 and len(train.class_names) == 20 and train.class_names[0] == "aeroplane"
@@ -356,7 +444,7 @@ def test_box_masks_hand_made():
 
 
 def test_box_masks_on_prepared_instances(trees):
-    prepare_pascal(trees, download=False, progress=False)
+    prepare(trees)
     source = PascalVOC(trees, split="val")
     image_id = "2007_000061"  # two instances of class 19 next to one of class 17
     _, label = source.load(image_id)
