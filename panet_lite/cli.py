@@ -17,7 +17,7 @@ COMMANDS = {
     "prepare": "download (if missing) and prepare PASCAL VOC + SBD or COCO 2014 for few-shot episodes",
     "train": "train PANet on a fold (the paper's recipe by default); rerunning resumes",
     "test": "test a checkpoint with the faithful (default) or standard protocol",
-    "reproduce": "train and test all folds and shot counts; write the table beside the paper's",
+    "reproduce": "train and test all folds and shot counts; write the table (beside the paper's on real data)",
     "paper": "print the paper's published table",
 }
 

@@ -11,17 +11,35 @@ def masked_average_pool(features: torch.Tensor, masks: torch.Tensor) -> torch.Te
     """Average of each feature map over its mask, after upsampling the features to the mask.
 
     features: (..., C, h, w) at feature resolution; masks: (..., H, W) float 0/1 at image size.
-    Returns (..., C): sum(F * M) / (sum(M) + 1e-5). The mask is applied to the features, not to
-    the input image (PANet's "late fusion"), and at the mask's resolution: upsampling the
-    features rather than shrinking the mask keeps thin objects that a stride-8 mask would lose.
+    Returns (..., C): sum(up(F) * M) / (sum(M) + 1e-5), with up = bilinear upsampling to (H, W).
+    The mask is applied to the features, not to the input image (PANet's "late fusion"), and at
+    the mask's resolution: upsampling the features rather than shrinking the mask keeps thin
+    objects that a stride-8 mask would lose.
+
+    The upsampled features are never built. Upsampling is linear, so for each channel
+    sum_x up(F)(x) M(x) = sum_y F(y) up^T(M)(y), where up^T (the transpose of upsampling) spreads
+    the mask back onto the feature grid: one channel at image size instead of C, the same number
+    up to float round-off (tests/test_model.py checks it against the direct formula).
     """
-    lead = features.shape[:-3]
-    C, h, w = features.shape[-3:]
-    H, W = masks.shape[-2:]
-    up = F.interpolate(features.reshape(-1, C, h, w), size=(H, W), mode="bilinear", align_corners=False)
-    up = up.reshape(*lead, C, H, W)
-    m = masks.unsqueeze(-3).to(up.dtype)  # (..., 1, H, W)
-    return (up * m).sum(dim=(-2, -1)) / (m.sum(dim=(-2, -1)) + EPS)
+    h, w = features.shape[-2:]
+    weights = upsample_transpose(masks.to(features.dtype), (h, w)).unsqueeze(-3)  # (..., 1, h, w)
+    area = masks.to(features.dtype).sum(dim=(-2, -1)).unsqueeze(-1)  # (..., 1)
+    return (features * weights).sum(dim=(-2, -1)) / (area + EPS)
+
+
+def upsample_transpose(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The transpose of bilinear upsampling (align_corners=False) from `size` to the maps' size.
+
+    maps: (..., H, W) -> (..., h, w) with <up(F), M> = <F, up^T(M)> for every F of size (h, w).
+    It is the gradient of upsampling, so autograd computes it (no gradient flows into `maps`).
+    """
+    H, W = maps.shape[-2:]
+    flat = maps.detach().reshape(-1, 1, H, W)
+    with torch.enable_grad():
+        grid = torch.zeros(flat.shape[0], 1, *size, dtype=flat.dtype, device=flat.device, requires_grad=True)
+        up = F.interpolate(grid, size=(H, W), mode="bilinear", align_corners=False)
+        (weights,) = torch.autograd.grad(up, grid, grad_outputs=flat)
+    return weights.reshape(*maps.shape[:-2], *size)
 
 
 def episode_prototypes(support_features: torch.Tensor, support_fg: torch.Tensor,

@@ -19,7 +19,7 @@ from .model import PANet
 
 @dataclass
 class TrainConfig:
-    """Defaults are PANet's PASCAL-5i recipe (spec section 3)."""
+    """Defaults are PANet's PASCAL-5i recipe (docs/protocol.md, section 4)."""
 
     backbone: str = "vgg16"  # the paper's encoder; "small" for the CPU course
     pretrained: bool | str = True  # ImageNet init of the encoder (path = local copy)

@@ -276,3 +276,14 @@ def test_check_only_and_no_check_counts_exclude_each_other(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "pascal", "--root", str(tmp_path), "--check-only", "--no-check-counts"])
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_table_of_synthetic_runs_is_a_pipeline_check_without_paper_numbers():
+    rows = [{"fold": f, "shots": 1, "miou": 0.5, "miou_std": 0.01, "fb_iou": 0.7} for f in range(4)]
+    check = reproduce.summarize("synthetic", rows)
+    assert check["kind"] == reproduce.PIPELINE_CHECK
+    assert not any(k.startswith("paper") for s in check["settings"] for k in s)
+    assert "not a reproduction" in reproduce.title(check)
+    real = reproduce.summarize("pascal5i", rows)
+    assert real["kind"] == reproduce.REPRODUCTION and real["settings"][0]["paper_mean"] == 48.1
+    assert reproduce.summarize("pascal5i", rows, compare=False)["kind"] == reproduce.PIPELINE_CHECK

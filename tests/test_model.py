@@ -1,4 +1,4 @@
-"""PANet's forward pass and alignment loss equal a loop-based re-derivation from the spec (float64)."""
+"""PANet's forward pass and alignment loss equal a loop-based re-derivation of the method (docs/protocol.md), in float64."""
 import math
 
 import pytest
@@ -11,7 +11,7 @@ from panet_lite.pooling import masked_average_pool
 
 
 def reference_panet(model, s_img, s_fg, s_bg, q_img):
-    """Straight from spec section 2, one episode, one way, one shot, one pixel at a time."""
+    """Straight from the method's definition, one episode, one way, one shot, one pixel at a time."""
     B, N, K = s_fg.shape[:3]
     Q = q_img.shape[1]
     H, W = q_img.shape[-2:]

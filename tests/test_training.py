@@ -62,7 +62,7 @@ def test_evaluation_runs_seeds_and_batching_do_not_change_the_result(source):
     assert set(one.class_iou) == set(fold_classes(1))
 
 
-def test_paper_table_is_the_spec():
+def test_paper_table_is_the_published_one():
     assert paper_result("pascal5i", 1, 1).folds == (42.3, 58.0, 51.1, 41.2)
     assert paper_result("pascal5i", 1, 5).mean == 55.7
     assert paper_result("coco20i", 2, 1).backbone == "resnet50"
