@@ -33,10 +33,16 @@ test-fast: $(STAMP)  ## unit tests only
 demo: $(STAMP)  ## train a small PANet on the embedded dataset and report unseen-fold mIoU
 	$(BIN)/python -m panet_lite demo
 
+# Saved widget state goes stale ("model not found" on reopen); the static figure after each widget
+# is what shows without a kernel. (nbclient's store_widget_state=False breaks Output widgets.)
+export STRIP_WIDGET_STATE := import sys, nbformat; nb = nbformat.read(sys.argv[1], as_version=4); \
+	nb.metadata.pop("widgets", None); nbformat.write(nb, sys.argv[1])
+
 notebooks: $(STAMP)  ## re-execute every chapter in place, in a fresh kernel each
 	for nb in notebooks/[0-9]*.ipynb; do \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=$(NB_TIMEOUT) \
-			--ExecutePreprocessor.store_widget_state=False "$$nb" || exit 1; \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=$(NB_TIMEOUT) "$$nb" \
+			|| exit 1; \
+		$(BIN)/python -c "$$STRIP_WIDGET_STATE" "$$nb" || exit 1; \
 	done
 
 clean:

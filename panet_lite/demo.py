@@ -17,9 +17,10 @@ class DemoConfig:
     """A CPU-sized version of the paper's recipe; under 3 minutes on 2 cores."""
 
     fold: int = 0  # the unseen fold (its 5 classes are never trained on)
-    steps: int = 1000  # training steps, 1-shot
-    batch_size: int = 4  # episodes per step (the paper: 1); 4 small episodes cost ~1.5 of one
-    lr: float = 0.02  # higher than the paper's 1e-3: the small encoder starts from scratch
+    steps: int = 1200  # training steps, 1-shot
+    batch_size: int = 4  # episodes per step (the paper: 1); on a CPU 4 small episodes cost < 2 of one
+    lr: float = 0.03  # higher than the paper's 1e-3: the small encoder starts from scratch
+    milestone: float = 0.8  # the lr is divided by 10 after this fraction of the steps
     size: int = 96  # image side of the embedded dataset
     n_images: int = 2000  # images in the training split
     test_episodes: int = 500  # 1-shot test episodes on the unseen fold (one run, seed 1234)
@@ -28,9 +29,10 @@ class DemoConfig:
 
 
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:
+    # channels_last: on a CPU too, oneDNN's convolutions run about 25% faster in that layout.
     return TrainConfig(backbone="small", pretrained=False, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                       milestones=(int(cfg.steps * 0.7),), size=None, seed=cfg.seed, device="cpu",
-                       log_every=max(1, cfg.steps // 20))
+                       milestones=(int(cfg.steps * cfg.milestone),), size=None, seed=cfg.seed, device="cpu",
+                       channels_last=True, log_every=max(1, cfg.steps // 20))
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:

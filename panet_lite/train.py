@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"  # "auto" = cuda if available, else cpu
     amp: bool = False  # bfloat16 autocast on CUDA (an option; off reproduces the paper in fp32)
-    channels_last: bool = False  # memory format for convolutions on GPU
+    channels_last: bool = False  # channels-last memory format for convolutions (faster on GPU and CPU)
     workers: int = 0  # DataLoader worker processes
     log_every: int = 50  # steps between log lines
     checkpoint_every: int = 1000  # steps between checkpoints (and always at the end)

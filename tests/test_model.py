@@ -141,6 +141,24 @@ def test_masked_average_pool_hand_computed():
     assert masked_average_pool(feat, torch.zeros(1, 2, 2)).item() == 0.0  # empty mask: 0, not NaN
 
 
+@pytest.mark.parametrize("feature_size, mask_size", [((12, 12), (96, 96)), ((7, 9), (50, 61)), ((5, 5), (5, 5))])
+def test_masked_average_pool_equals_pooling_the_upsampled_features(feature_size, mask_size):
+    """The pool never builds the upsampled features; it must equal doing so, gradient included."""
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 3, 16, *feature_size, generator=gen, dtype=torch.float64, requires_grad=True)
+    masks = (torch.rand(2, 3, *mask_size, generator=gen) < 0.3).double()
+    masks[0, 0] = 0  # an empty mask: the 1e-5 guard gives a zero prototype
+    up = F.interpolate(feats.flatten(0, 1), size=mask_size, mode="bilinear", align_corners=False)
+    up = up.unflatten(0, (2, 3))  # (2, 3, 16, H, W)
+    direct = (up * masks[:, :, None]).sum((-2, -1)) / (masks[:, :, None].sum((-2, -1)) + 1e-5)
+    pooled = masked_average_pool(feats, masks)
+    torch.testing.assert_close(pooled, direct, rtol=1e-12, atol=1e-12)
+    assert pooled[0, 0].abs().max() == 0
+    g_direct, = torch.autograd.grad(direct.square().sum(), feats)
+    g_pooled, = torch.autograd.grad(pooled.square().sum(), feats)
+    torch.testing.assert_close(g_pooled, g_direct, rtol=1e-12, atol=1e-12)
+
+
 def test_vgg16_encoder_layout_and_output_stride():
     enc = VGG16Encoder()
     params = list(enc.parameters())
