@@ -1,8 +1,8 @@
 """panet_lite: PANet (ICCV 2019) few-shot segmentation, rebuilt to learn from and to reproduce."""
-from .data import IGNORE, fold_classes, train_classes
+from .data import IGNORE, fold_classes, normalize, train_classes
 from .episodes import Episode, EpisodeDataset, sample_episodes
 from .metrics import IoUMeter
-from .model import PANet, PANetOutput, normalize
+from .model import PANet, PANetOutput
 from .paper import PAPER_RESULTS, paper_result
 
 __version__ = "0.1.0"

@@ -6,10 +6,12 @@ import json
 import math
 import sys
 import warnings
-from dataclasses import MISSING, fields, replace
+from dataclasses import replace
 
 from .demo import DemoConfig
 from .evaluate import EvalConfig
+from .options import add_options, parse_int_tuple, pick
+from .sources import DATASETS, PREPARE_CHOICES
 from .train import TrainConfig
 
 COMMANDS = {
@@ -22,58 +24,14 @@ COMMANDS = {
 }
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=(), defaults: dict | None = None) -> None:
-    """One --flag per dataclass field, with the field's default (or an override) and type."""
-    defaults = defaults or {}
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool) and f.name != "pretrained":
-            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
-        elif f.name == "pretrained":
-            parser.add_argument(flag, default=default, type=_bool_or_path,
-                                help="true, false, or a local .pth state dict (default: %(default)s)")
-        elif f.name == "milestones":
-            parser.add_argument(flag, default=default, type=lambda s: tuple(int(x) for x in s.split(",") if x),
-                                help="comma-separated steps (default: %(default)s)")
-        elif f.name == "protocol":
-            parser.add_argument(flag, default=default, choices=("faithful", "standard"),
-                                help="faithful: the paper's test (trainaug images, resized); standard: VOC val "
-                                     "at original size (default: %(default)s)")
-        elif f.name in ("size", "save_episodes"):
-            parser.add_argument(flag, default=default, type=_none_or(int if f.name == "size" else str),
-                                help="(default: %(default)s)")
-        else:
-            parser.add_argument(flag, default=default, type=type(default), help="(default: %(default)s)")
-
-
-def _bool_or_path(s: str):
-    return {"true": True, "false": False}.get(s.lower(), s)
-
-
-def _int_list(s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-
-
-def _none_or(kind):
-    return lambda s: None if s.lower() == "none" else kind(s)
-
-
-def _pick(ns: argparse.Namespace, cls):
-    return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)})
-
-
 def _data_args(p: argparse.ArgumentParser, fold_required: bool = True) -> None:
-    p.add_argument("--dataset", choices=("pascal5i", "coco20i", "synthetic"), default="pascal5i")
+    p.add_argument("--dataset", choices=DATASETS, default="pascal5i",
+                   help="benchmark; synthetic is the embedded dataset, shaped like pascal5i (default: %(default)s)")
     p.add_argument("--root", help="prepared data directory (see `prepare`); not needed for synthetic")
     if fold_required:
-        p.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0,1,2,3}")
-    p.add_argument("--synthetic-size", type=int, default=96, help="image side of the embedded dataset")
+        p.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0,1,2,3}",
+                       help="the fold whose classes are held out: trained without, tested on")
+    p.add_argument("--synthetic-size", type=int, default=96, help="image side of the embedded dataset (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,11 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
-    add_dataclass_args(p, DemoConfig)
+    add_options(p, DemoConfig)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     p = sub.add_parser("prepare", help=COMMANDS["prepare"], description=COMMANDS["prepare"])
-    p.add_argument("dataset", choices=("pascal", "coco"))
+    p.add_argument("dataset", choices=PREPARE_CHOICES, help="what to prepare: pascal (VOC 2012 + SBD, for pascal5i) "
+                                                              "or coco (COCO 2014, for coco20i)")
     p.add_argument("--root", required=True, help="data directory (VOCdevkit/ and SBD/, or COCO's folders)")
     p.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading")
     check = p.add_mutually_exclusive_group()
@@ -99,12 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=COMMANDS["train"], description=COMMANDS["train"])
     _data_args(p)
-    add_dataclass_args(p, TrainConfig)
+    add_options(p, TrainConfig)
     p.add_argument("--out", help="run directory (default: runs/DATASET/foldF-Nway-Kshot)")
 
     p = sub.add_parser("test", help=COMMANDS["test"], description=COMMANDS["test"])
     _data_args(p)
-    add_dataclass_args(p, EvalConfig)
+    add_options(p, EvalConfig)
     p.add_argument("--checkpoint", help="checkpoint.pt written by `train`")
     p.add_argument("--notrain", action="store_true", help="no checkpoint: ImageNet features only (paper's baseline)")
     p.add_argument("--backbone", default="vgg16", help="encoder for --notrain (default: %(default)s)")
@@ -112,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help=COMMANDS["reproduce"], description=COMMANDS["reproduce"])
     _data_args(p, fold_required=False)
-    p.add_argument("--folds", default=(0, 1, 2, 3), type=_int_list, help="comma-separated folds (default: 0,1,2,3)")
-    p.add_argument("--shot-list", default=(1, 5), type=_int_list, help="comma-separated shot counts (default: 1,5)")
+    p.add_argument("--folds", default=(0, 1, 2, 3), type=parse_int_tuple, help="comma-separated folds (default: 0,1,2,3)")
+    p.add_argument("--shot-list", default=(1, 5), type=parse_int_tuple, help="comma-separated shot counts (default: 1,5)")
     p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
-    # --size, --device, --amp, --seed, --batch-size and --workers apply to training and testing alike.
-    add_dataclass_args(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp"))
-    add_dataclass_args(p, EvalConfig, skip=("ways", "shots", "queries", "batch_size", "workers", "save_episodes",
-                                            "seed"))
+    # --size, --device, --amp, --batch-size and --workers apply to training and testing alike; --seed is
+    # the training seed and --test-seed the test sampler's, so a new training seed keeps the test episodes.
+    add_options(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp"))
+    add_options(p, EvalConfig, skip=("ways", "shots", "queries", "batch_size", "workers", "save_episodes"))
 
     sub.add_parser("paper", help=COMMANDS["paper"], description=COMMANDS["paper"])
     return parser
@@ -165,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_demo(args) -> int:
     from .demo import format_report, run_demo
 
-    result = run_demo(_pick(args, DemoConfig), progress=not args.json)
+    result = run_demo(pick(args, DemoConfig), progress=not args.json)
     print(format_report(result))
     if args.json:
         print(_json_line(result))
@@ -198,7 +157,7 @@ def cmd_train(args) -> int:
     from .sources import benchmark, open_source, split_for
     from .train import train
 
-    cfg = _pick(args, TrainConfig)
+    cfg = pick(args, TrainConfig)
     out = args.out or run_dir(f"runs/{args.dataset}", args.fold, cfg.shots, cfg.ways)
     source = open_source(args.dataset, args.root, split_for(args.dataset, "train"), args.synthetic_size)
     train(source, benchmark(args.dataset).train_classes(args.fold), cfg, out=out)
@@ -212,7 +171,7 @@ def cmd_test(args) -> int:
     from .sources import benchmark, open_source, split_for
     from .train import load_model
 
-    cfg = _pick(args, EvalConfig)
+    cfg = pick(args, EvalConfig)
     if not (args.notrain or args.checkpoint):
         raise ValueError("give --checkpoint RUN/checkpoint.pt, or --notrain for ImageNet features only")
     if cfg.protocol == "standard" and cfg.save_episodes is None:
@@ -240,7 +199,7 @@ def cmd_reproduce(args) -> int:
     from .reproduce import markdown, reproduce
 
     folds, shots = list(args.folds), list(args.shot_list)
-    train_cfg, eval_cfg = _pick(args, TrainConfig), _pick(args, EvalConfig)
+    train_cfg, eval_cfg = pick(args, TrainConfig), pick(args, EvalConfig)
     out = args.out or f"runs/{args.dataset}"
     table = reproduce(args.dataset, args.root, out, train_cfg, eval_cfg, folds, shots,
                       synthetic_size=args.synthetic_size)

@@ -10,8 +10,9 @@ import torch
 from .data import train_classes
 from .demo import DemoConfig, demo_train_config
 from .model import PANet
+from .runtime import resolve_device
 from .synthetic import SyntheticFewShot
-from .train import TrainConfig, load_model, train
+from .train import TrainConfig, checkpoint_step, train
 
 CHECKPOINTS = Path("checkpoints")  # relative to the notebook's folder, where Jupyter runs it
 
@@ -21,7 +22,7 @@ def setup(seed: int = 0, threads: int = 2) -> torch.device:
     random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def course_sources(size: int = 96, n_images: int = 2000) -> tuple[SyntheticFewShot, SyntheticFewShot]:
@@ -43,11 +44,10 @@ def train_or_load(fold: int = 0, shots: int = 1, align: bool = True, steps: int 
     cfg = course_model_config(fold, shots, align, steps)
     name = f"small-fold{fold}-{shots}shot-{'align' if align else 'noalign'}-{cfg.steps}"
     out = Path(directory or CHECKPOINTS) / name
-    ckpt = out / "checkpoint.pt"
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.is_file() else None
-    if saved is not None and saved["step"] >= cfg.steps:
+    # train() decides: a finished run is loaded, an interrupted one resumed, a missing one trained.
+    if checkpoint_step(out / "checkpoint.pt") >= cfg.steps:
         print(f"loading {out.as_posix()}/checkpoint.pt (trained earlier; delete that folder to train again)")
-        return load_model(ckpt), saved["history"]
-    print(f"training {name} for {cfg.steps} steps into {out.as_posix()}/ (a few minutes on 2 CPU cores)")
+    else:
+        print(f"training {name} for {cfg.steps} steps into {out.as_posix()}/ (a few minutes on 2 CPU cores)")
     source, _ = course_sources()
     return train(source, train_classes(fold), cfg, out=out, progress=progress)

@@ -103,6 +103,19 @@ def train_classes(fold: int, n_classes: int = 20, n_folds: int = 4) -> list[int]
     return _benchmark_of(n_classes, n_folds).train_classes(fold)
 
 
+# The encoders' input statistics (ImageNet's): the data layer turns images into model input.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] float RGB images (..., 3, H, W) -> ImageNet-normalised float."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
 class SegmentationSource:
     """A set of images with semantic masks: 0 = background, 1..num_classes = classes, 255 = ignore.
 

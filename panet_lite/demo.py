@@ -8,6 +8,7 @@ import torch
 
 from .data import fold_classes, train_classes
 from .evaluate import EvalConfig, evaluate
+from .options import option
 from .synthetic import SyntheticFewShot
 from .train import TrainConfig, build_model, train
 
@@ -16,16 +17,17 @@ from .train import TrainConfig, build_model, train
 class DemoConfig:
     """A CPU-sized version of the paper's recipe; under 3 minutes on 2 cores."""
 
-    fold: int = 0  # the unseen fold (its 5 classes are never trained on)
-    steps: int = 1200  # training steps, 1-shot
-    batch_size: int = 4  # episodes per step (the paper: 1); on a CPU 4 small episodes cost < 2 of one
-    lr: float = 0.03  # higher than the paper's 1e-3: the small encoder starts from scratch
-    milestone: float = 0.8  # the lr is divided by 10 after this fraction of the steps
-    size: int = 96  # image side of the embedded dataset
-    n_images: int = 2000  # images in the training split
-    test_episodes: int = 500  # 1-shot test episodes on the unseen fold (one run, seed 1234)
-    seed: int = 1234  # initial weights and training episodes (the test episodes keep seed 1234)
-    threads: int = 2  # CPU threads for PyTorch
+    fold: int = option(0, "the unseen fold, 0..3: its 5 classes are never trained on")
+    steps: int = option(1200, "training steps, 1-shot")
+    batch_size: int = option(4, "episodes per step (the paper: 1); on a CPU 4 small episodes cost less than 2 of one")
+    lr: float = option(0.03, "learning rate; higher than the paper's 1e-3, as the small encoder starts from scratch")
+    milestone: float = option(0.8, "the lr is divided by 10 after this fraction of the steps")
+    size: int = option(96, "image side of the embedded dataset")
+    n_images: int = option(2000, "images in the training split (the test split has half as many)")
+    test_episodes: int = option(500, "1-shot test episodes on the unseen fold (one run)")
+    seed: int = option(1234, "seed of the initial weights and of the training episodes")
+    test_seed: int = option(1234, "seed of the test episodes (kept when --seed changes)")
+    threads: int = option(2, "CPU threads for PyTorch")
 
 
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:
@@ -42,7 +44,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     source = SyntheticFewShot("trainaug", cfg.n_images, cfg.size)
     test_source = SyntheticFewShot("val", cfg.n_images // 2, cfg.size)
     train_cfg = demo_train_config(cfg)
-    eval_cfg = EvalConfig(runs=1, episodes=cfg.test_episodes, size=None, batch_size=25, device="cpu")
+    eval_cfg = EvalConfig(runs=1, episodes=cfg.test_episodes, seed=cfg.test_seed, size=None, batch_size=25,
+                          device="cpu")
     test = fold_classes(cfg.fold)
     torch.manual_seed(cfg.seed)
     model = build_model(train_cfg)
@@ -52,7 +55,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     train_seconds = time.perf_counter() - t0
     after = evaluate(model, test_source, test, eval_cfg, progress=progress)
     return {
-        "fold": cfg.fold, "seed": cfg.seed, "steps": cfg.steps, "batch_size": cfg.batch_size,
+        "fold": cfg.fold, "seed": cfg.seed, "test_seed": cfg.test_seed, "steps": cfg.steps, "batch_size": cfg.batch_size,
         "test_classes": test, "test_episodes": cfg.test_episodes,
         "miou": after.miou, "miou_untrained": before.miou, "fb_iou": after.fb_iou,
         "fb_iou_untrained": before.fb_iou, "class_iou": {str(k): v for k, v in after.class_iou.items()},
@@ -68,7 +71,8 @@ def format_report(r: dict) -> str:
         "",
         f"PANet demo: small encoder, embedded dataset, fold {r['fold']} unseen",
         f"  trained {r['steps']} steps of {r['batch_size']} 1-shot episodes on the other 15 classes in {r['train_seconds']:.0f} s",
-        f"  tested on {r['test_episodes']} 1-way 1-shot episodes of the 5 unseen classes (PANet's metric)",
+        f"  tested on {r['test_episodes']} 1-way 1-shot episodes of the 5 unseen classes (PANet's metric, "
+        f"test seed {r.get('test_seed', 1234)})",
         "",
         f"  {'':28s} {'untrained':>10s} {'trained':>10s}",
         f"  {'mIoU (unseen classes)':28s} {r['miou_untrained']:10.3f} {r['miou']:10.3f}",

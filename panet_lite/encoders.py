@@ -166,6 +166,9 @@ def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = Tr
     return True
 
 
+BACKBONES = ("vgg16", "resnet50", "small")
+
+
 def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_layer: str = "layer3") -> nn.Module:
     """The encoder named by `backbone`: "vgg16" (the paper's), "resnet50" or "small"."""
     if backbone == "vgg16":
@@ -179,4 +182,4 @@ def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_l
         if pretrained:
             raise ValueError("the small encoder has no ImageNet weights; use pretrained=False")
         return SmallEncoder()
-    raise ValueError(f"unknown backbone {backbone!r}; choose 'vgg16', 'resnet50' or 'small'")
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import IGNORE, SegmentationSource
-from .model import normalize
+from .data import IGNORE, SegmentationSource, normalize
 
 
 @dataclass(frozen=True)

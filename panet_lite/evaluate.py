@@ -14,26 +14,34 @@ from .data import SegmentationSource
 from .episodes import EpisodeDataset
 from .metrics import IoUMeter, mean_std
 from .model import PANet
-from .train import resolve_device
+from .options import none_or, option
+from .runtime import autocast, resolve_device
+
+
+PROTOCOLS = ("faithful", "standard")
 
 
 @dataclass
 class EvalConfig:
     """Defaults are the PANet-faithful protocol (docs/protocol.md, "Testing protocols and the metric")."""
 
-    ways: int = 1
-    shots: int = 1
-    queries: int = 1
-    runs: int = 5  # run r draws its episodes with seed + r
-    episodes: int = 1000  # per run
-    seed: int = 1234
-    size: int | None = 417  # model input side; faithful scores on the resized label too
-    protocol: str = "faithful"  # "faithful" or "standard" (original resolution, corrected meter)
-    batch_size: int = 1  # episodes per forward pass (results do not depend on it)
-    device: str = "auto"
-    amp: bool = False
-    workers: int = 0
-    save_episodes: str | None = None  # file to write the drawn episodes (image ids) to, as JSON
+    ways: int = option(1, "classes per test episode (N)")
+    shots: int = option(1, "support images per class (K)")
+    queries: int = option(1, "query images per episode")
+    runs: int = option(5, "test runs; run r draws its episodes with test seed + r")
+    episodes: int = option(1000, "episodes per run")
+    seed: int = option(1234, "seed of the test episodes (the paper's: 1234, runs 1234..1238)", flag="test-seed")
+    size: int | None = option(417, "model input side; the faithful protocol scores on the resized label too; "
+                                   "none keeps the source's size", parse=none_or(int))
+    protocol: str = option("faithful", "faithful: the paper's test (training images of the held-out classes, "
+                                       "resized, the authors' meter); standard: the val images at their original "
+                                       "size, corrected meter", choices=PROTOCOLS)
+    batch_size: int = option(1, "episodes per forward pass (results do not depend on it)")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    amp: bool = option(False, "bfloat16 autocast on CUDA")
+    workers: int = option(0, "DataLoader worker processes")
+    save_episodes: str | None = option(None, "file to write the drawn episodes (image ids) to, as JSON; none "
+                                             "writes nothing", parse=none_or(str))
 
 
 @dataclass
@@ -54,7 +62,7 @@ class EvalResult:
 def predict(model: PANet, batch: dict, device: torch.device, amp: bool = False,
             size: tuple[int, int] | None = None) -> torch.Tensor:
     """Predicted episode labels (B, Q, H, W) for a collated batch; logits upsampled to `size` if given."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+    with autocast(device, amp):
         logits = model(batch["support_images"].to(device), batch["support_fg"].to(device),
                        batch["support_bg"].to(device), batch["query_images"].to(device)).logits.float()
     if size is not None and tuple(logits.shape[-2:]) != tuple(size):
@@ -69,7 +77,7 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
     """Test `model` on episodes of `classes` (global ids, ascending) from `source`."""
     from tqdm.auto import tqdm
 
-    if config.protocol not in ("faithful", "standard"):
+    if config.protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be 'faithful' or 'standard', got {config.protocol!r}")
     standard = config.protocol == "standard"
     if standard and (config.batch_size != 1 or config.queries != 1):

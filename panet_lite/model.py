@@ -12,9 +12,6 @@ from .encoders import build_encoder
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .pooling import episode_prototypes
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class PANetOutput(NamedTuple):
     logits: torch.Tensor  # (B, Q, 1 + N, H, W): [bg, way 1, ..., way N] scores at image size
@@ -32,8 +29,13 @@ class PANet(nn.Module):
     def __init__(self, backbone: str = "vgg16", pretrained: bool | str | Path = False, align: bool = True,
                  alpha: float = ALPHA, resnet_layer: str = "layer3") -> None:
         super().__init__()
-        self.backbone, self.align, self.alpha = backbone, align, alpha
+        self.backbone, self.align, self.alpha, self.resnet_layer = backbone, align, alpha, resnet_layer
         self.encoder = build_encoder(backbone, pretrained, resnet_layer)
+
+    @property
+    def init_args(self) -> dict:
+        """The constructor's arguments (but `pretrained`): what a checkpoint stores to rebuild this model."""
+        return {"backbone": self.backbone, "align": self.align, "alpha": self.alpha, "resnet_layer": self.resnet_layer}
 
     def encode(self, support_images: torch.Tensor, query_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of all supports (B, N, K, C, h, w) and queries (B, Q, C, h, w), in one batch."""
@@ -56,11 +58,3 @@ class PANet(nn.Module):
         else:
             align = logits.new_zeros(())
         return PANetOutput(logits, align)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 1] float RGB images (..., 3, H, W) -> ImageNet-normalised float."""
-    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std

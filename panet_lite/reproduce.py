@@ -12,8 +12,8 @@ from typing import Sequence
 
 from .evaluate import EvalConfig, evaluate
 from .paper import paper_result
-from .sources import benchmark, open_source, split_for
-from .train import TrainConfig, load_model, recipe, train
+from .sources import REGISTRY, benchmark, open_source, split_for
+from .train import TrainConfig, recipe, train
 
 
 REPRODUCTION = "reproduction"
@@ -45,8 +45,7 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
         if _same_setting(row, train_cfg, eval_cfg):
             return row
     source = open_source(dataset, root, split_for(dataset, "train"), synthetic_size)
-    train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)
-    model = load_model(d / "checkpoint.pt", "cpu")
+    model, _ = train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)  # or load, if done
     test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), synthetic_size)
     result = evaluate(model, test_source, bench.test_classes(fold), eval_cfg, progress=progress)
     row = {"dataset": dataset, "fold": fold, "shots": shots, "ways": train_cfg.ways, **result.as_dict(),
@@ -92,10 +91,12 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
     compare: set the paper's numbers beside ours (a reproduction). False makes the table a
     synthetic pipeline check (`kind` = PIPELINE_CHECK): no paper numbers at all, for runs on the
     embedded dataset, whose numbers say nothing about the paper's. None (the default) compares
-    unless `dataset` is "synthetic"; the embedded data exported as a PASCAL tree reads as
-    "pascal5i", so a caller who knows it is synthetic passes False.
+    when the registry gives the dataset published rows (not "synthetic"); the embedded data
+    exported as a PASCAL tree reads as "pascal5i", so a caller who knows it is synthetic passes False.
     """
-    compare = dataset != "synthetic" if compare is None else compare
+    registered = REGISTRY.get(dataset)
+    paper_rows = registered.paper if registered is not None else dataset  # which published rows to set beside
+    compare = paper_rows is not None if compare is None else compare
     settings = []
     for shots in sorted({r["shots"] for r in rows}):
         mine = sorted((r for r in rows if r["shots"] == shots), key=lambda r: r["fold"])
@@ -109,7 +110,7 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
         }
         if compare:
             try:
-                paper = paper_result(dataset, ways, shots)
+                paper = paper_result(paper_rows or dataset, ways, shots)
             except KeyError:
                 paper = None
             entry |= {"paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
@@ -122,7 +123,9 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
 def title(table: dict) -> str:
     """The table's heading: a reproduction beside the paper, or a synthetic pipeline check."""
     if table.get("kind", REPRODUCTION) == PIPELINE_CHECK:
-        data = "the embedded dataset" if table["dataset"] == "synthetic" else f"synthetic data in {table['dataset']} format"
+        entry = REGISTRY.get(table["dataset"])
+        data = (f"the {entry.title}" if entry is not None and entry.prepare is None
+                else f"synthetic data in {table['dataset']} format")
         return (f"{PIPELINE_CHECK.capitalize()} on {data} (not a reproduction, so no paper numbers; "
                 f"mIoU %, mean ± std over runs)")
     return f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)"

@@ -1,49 +1,96 @@
-"""Which images a benchmark trains and tests on: one place that maps (dataset, protocol) to sources."""
+"""The benchmark registry: what each `--dataset` name means, in one place.
+
+An entry says which classes and folds the benchmark has, which split each role reads (training,
+the faithful test, the standard test), how to open a split, which published rows it is compared
+with and which `prepare` command builds its data. The command line takes its choices from here;
+`reproduce`, the course's figures and the tests read the same entries.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .data import COCO20I, PASCAL5I, Benchmark, SegmentationSource
 
-DATASETS = ("pascal5i", "coco20i", "synthetic")
-
-# (training split, faithful test split, standard test split). The faithful protocol tests on
-# the *training* images of the held-out classes: the authors' quirk that produced the paper's table.
-SPLITS = {
-    "pascal5i": ("trainaug", "trainaug", "val"),
-    "coco20i": ("train2014", "train2014", "val2014"),
-    "synthetic": ("trainaug", "trainaug", "val"),
-}
+ROLES = ("train", "faithful", "standard")
 
 
-def benchmark(dataset: str) -> Benchmark:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    return COCO20I if dataset == "coco20i" else PASCAL5I
+def _open_pascal(root: Path, split: str, size: int) -> SegmentationSource:
+    from .pascal import PascalVOC
+
+    return PascalVOC(root, split)
 
 
-def open_source(dataset: str, root: str | Path | None, split: str, synthetic_size: int = 96,
-                synthetic_images: int = 2000) -> SegmentationSource:
-    """The image source of one split. `root` is the prepared data directory (unused for synthetic)."""
-    benchmark(dataset)
-    if dataset == "synthetic":
-        from .synthetic import SyntheticFewShot
-
-        n = synthetic_images if split == "trainaug" else synthetic_images // 2
-        return SyntheticFewShot(split, n, synthetic_size)
-    if root is None:
-        raise ValueError(f"--root is required for {dataset}: the directory you prepared with "
-                         f"`python -m panet_lite prepare {dataset[:-2]} --root DIR`")
-    if dataset == "pascal5i":
-        from .pascal import PascalVOC
-
-        return PascalVOC(root, split)
+def _open_coco(root: Path, split: str, size: int) -> SegmentationSource:
     from .coco import COCOSource
 
     return COCOSource(root, split)
 
 
-def split_for(dataset: str, role: str) -> str:
-    """role: "train", "faithful" or "standard"."""
-    train, faithful, standard = SPLITS[dataset]
-    return {"train": train, "faithful": faithful, "standard": standard}[role]
+def _open_synthetic(root: Path | None, split: str, size: int, n_images: int = 2000) -> SegmentationSource:
+    from .synthetic import SyntheticFewShot
+
+    return SyntheticFewShot(split, n_images if split == "trainaug" else n_images // 2, size)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One entry of the registry."""
+
+    name: str  # the --dataset value
+    title: str  # as figures and tables print it
+    classes: Benchmark  # class names and the held-out classes of each fold (data/folds.json)
+    splits: dict[str, str]  # role ("train", "faithful", "standard") -> split name
+    opener: Callable[..., SegmentationSource]  # (root, split, size) -> source
+    paper: str | None  # the dataset of the paper's rows it is compared with; None: never compared
+    prepare: str | None  # `python -m panet_lite prepare <this>` builds its root; None: needs no data
+
+    def split(self, role: str) -> str:
+        if role not in self.splits:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        return self.splits[role]
+
+    def open(self, root: str | Path | None, split: str, size: int = 96) -> SegmentationSource:
+        """The image source of one split; `root` is the prepared data directory, `size` the embedded
+        dataset's image side (real datasets keep their images' sizes)."""
+        if self.prepare is not None and root is None:
+            raise ValueError(f"--root is required for {self.name}: the directory you prepared with "
+                             f"`python -m panet_lite prepare {self.prepare} --root DIR`")
+        return self.opener(None if root is None else Path(root), split, size)
+
+
+# The faithful protocol tests on the *training* images of the held-out classes: the authors'
+# quirk that produced the paper's table (docs/protocol.md).
+REGISTRY: dict[str, Dataset] = {d.name: d for d in (
+    Dataset("pascal5i", "PASCAL-5i", PASCAL5I, {"train": "trainaug", "faithful": "trainaug", "standard": "val"},
+            _open_pascal, paper="pascal5i", prepare="pascal"),
+    Dataset("coco20i", "COCO-20i", COCO20I, {"train": "train2014", "faithful": "train2014", "standard": "val2014"},
+            _open_coco, paper="coco20i", prepare="coco"),
+    Dataset("synthetic", "embedded dataset", PASCAL5I, {"train": "trainaug", "faithful": "trainaug", "standard": "val"},
+            _open_synthetic, paper=None, prepare=None),
+)}
+DATASETS = tuple(REGISTRY)
+PREPARE_CHOICES = tuple(d.prepare for d in REGISTRY.values() if d.prepare)
+
+
+def dataset(name: str) -> Dataset:
+    """The registry entry of a --dataset name."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return REGISTRY[name]
+
+
+def benchmark(name: str) -> Benchmark:
+    """The classes and folds of a dataset."""
+    return dataset(name).classes
+
+
+def open_source(name: str, root: str | Path | None, split: str, synthetic_size: int = 96) -> SegmentationSource:
+    """The image source of one split of a dataset (`root` is unused for the embedded dataset)."""
+    return dataset(name).open(root, split, synthetic_size)
+
+
+def split_for(name: str, role: str) -> str:
+    """The split a role reads: role is "train", "faithful" or "standard"."""
+    return dataset(name).split(role)

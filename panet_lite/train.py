@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -13,47 +13,46 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from .data import IGNORE, SegmentationSource
+from .encoders import BACKBONES
 from .episodes import EpisodeDataset
 from .model import PANet
+from .runtime import autocast, resolve_device
+from .options import none_or, option, parse_bool_or_path, parse_int_tuple
 
 
 @dataclass
 class TrainConfig:
     """Defaults are PANet's PASCAL-5i recipe (docs/protocol.md, section 4)."""
 
-    backbone: str = "vgg16"  # the paper's encoder; "small" for the CPU course
-    pretrained: bool | str = True  # ImageNet init of the encoder (path = local copy)
-    align: bool = True  # prototype alignment regularisation
-    align_weight: float = 1.0  # total loss = segmentation + align_weight * PAR
-    ways: int = 1
-    shots: int = 1
-    queries: int = 1
-    batch_size: int = 1  # episodes per step
-    steps: int = 30_000
-    optimizer: str = "sgd"  # the paper's SGD, or "adamw" for experiments
-    lr: float = 1e-3  # on all parameters, encoder included
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (10_000, 20_000)  # lr x gamma at these steps (stepped per iteration)
-    gamma: float = 0.1
-    size: int | None = 417  # images and labels resized to size x size (None keeps the source's size)
-    flip: bool = True  # random horizontal flip, p = 0.5, per image
-    faithful: bool = True  # 255 borders count as support background, as in the authors' code
-    seed: int = 1234
-    device: str = "auto"  # "auto" = cuda if available, else cpu
-    amp: bool = False  # bfloat16 autocast on CUDA (an option; off reproduces the paper in fp32)
-    channels_last: bool = False  # channels-last memory format for convolutions (faster on GPU and CPU)
-    workers: int = 0  # DataLoader worker processes
-    log_every: int = 50  # steps between log lines
-    checkpoint_every: int = 1000  # steps between checkpoints (and always at the end)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return torch.device(device)
+    backbone: str = option("vgg16", "encoder: the paper's vgg16, a dilated resnet50, or the CPU course's small CNN",
+                           choices=BACKBONES)
+    pretrained: bool | str = option(True, "ImageNet initialisation of the encoder: true, false, or the path of a "
+                                          "local .pth state dict", parse=parse_bool_or_path)
+    align: bool = option(True, "prototype alignment regularisation (PAR)")
+    align_weight: float = option(1.0, "total loss = segmentation + align_weight x PAR")
+    ways: int = option(1, "classes per training episode (N)")
+    shots: int = option(1, "support images per class (K)")
+    queries: int = option(1, "query images per episode")
+    batch_size: int = option(1, "episodes per optimiser step")
+    steps: int = option(30_000, "training steps")
+    optimizer: str = option("sgd", "the paper's SGD, or adamw for experiments", choices=("sgd", "adamw"))
+    lr: float = option(1e-3, "learning rate, on all parameters, encoder included")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay")
+    milestones: tuple[int, ...] = option((10_000, 20_000), "comma-separated steps at which the lr is multiplied "
+                                                           "by gamma (stepped per iteration)", parse=parse_int_tuple)
+    gamma: float = option(0.1, "lr factor at each milestone")
+    size: int | None = option(417, "images and labels resized to size x size; none keeps the source's size",
+                              parse=none_or(int))
+    flip: bool = option(True, "random horizontal flip of every image, p = 0.5")
+    faithful: bool = option(True, "255 borders count as support background, as in the authors' code")
+    seed: int = option(1234, "seed of the initial weights and of the training episodes")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
+    channels_last: bool = option(False, "channels-last memory format for convolutions (faster on GPU and CPU)")
+    workers: int = option(0, "DataLoader worker processes")
+    log_every: int = option(50, "steps between log lines")
+    checkpoint_every: int = option(1000, "steps between checkpoints (one is always written at the end)")
 
 
 def build_model(config: TrainConfig) -> PANet:
@@ -82,10 +81,23 @@ def build_optimizer(model: PANet, config: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}")
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """The contents of a checkpoint written by `train` (on the CPU): weights, optimiser, step, config...
+
+    A bare state dict (a file of weights only) comes back as {"model": state_dict}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a panet_lite checkpoint or a state dict")
+    return ckpt if "model" in ckpt else {"model": ckpt}
+
+
 def checkpoint_step(path: str | Path) -> int:
     """The step a training checkpoint was saved at (0 if there is none)."""
-    path = Path(path)
-    return torch.load(path, map_location="cpu", weights_only=False)["step"] if path.is_file() else 0
+    return load_checkpoint(path).get("step", 0) if Path(path).is_file() else 0
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -119,22 +131,27 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"model": model.state_dict(), "model_args": model.init_args, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": state.step, "history": state.history,
                 "rng": _rng_states(), "config": asdict(config), "classes": list(classes)}, tmp)
     tmp.replace(path)
 
 
+def model_from_checkpoint(ckpt: dict) -> PANet:
+    """A PANet (train mode, on the CPU) with a checkpoint's architecture and weights."""
+    if "model_args" in ckpt:
+        model = PANet(**ckpt["model_args"], pretrained=False)
+    else:  # written before checkpoints stored the model's arguments: rebuild from the training config
+        known = {f.name for f in fields(TrainConfig)}
+        saved = {k: v for k, v in ckpt.get("config", {}).items() if k in known}
+        model = build_model(TrainConfig(**{**saved, "pretrained": False}))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> PANet:
     """A PANet in eval mode with the weights of a training checkpoint (or a bare state dict)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    config = TrainConfig(**{**ckpt["config"], "pretrained": False}) if "config" in ckpt else TrainConfig(pretrained=False)
-    model = build_model(config)
-    model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
-    return model.to(device).eval()
+    return model_from_checkpoint(load_checkpoint(checkpoint)).to(device).eval()
 
 
 def _check_resumable(ckpt: dict, config: TrainConfig, path: Path) -> None:
@@ -156,6 +173,8 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     With `out`, checkpoints go to `out/checkpoint.pt` and log lines to `out/log.jsonl`; if a
     checkpoint is there, training resumes from it (same config expected) and continues where it
     stopped: the episodes are a fixed sequence from the seed, so a resumed run sees the same data.
+    A checkpoint that has all `config.steps` steps is the finished run: its model and history are
+    returned at once (rerunning a finished command costs nothing).
     """
     from tqdm.auto import tqdm
 
@@ -163,8 +182,14 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     ckpt_path = Path(out) / "checkpoint.pt" if out is not None else None
     ckpt = None
     if ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_path)
         _check_resumable(ckpt, config, ckpt_path)
+        if ckpt["step"] == config.steps:  # already done: the trained model, no episodes drawn, nothing run
+            if model is None:
+                model = model_from_checkpoint(ckpt)
+            else:
+                model.load_state_dict(ckpt["model"])
+            return model.to(device).eval(), ckpt["history"]
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     # A resumed run overwrites the initial weights: no need to fetch ImageNet weights for it.
@@ -196,7 +221,7 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     try:
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            with autocast(device, config.amp):
                 out_ = model(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"])
                 seg = segmentation_loss(out_.logits.float(), batch["query_labels"])
                 loss = seg + config.align_weight * out_.align_loss.float()

@@ -9,7 +9,7 @@ import torch
 from matplotlib.colors import ListedColormap
 
 from .data import IGNORE
-from .model import IMAGENET_MEAN, IMAGENET_STD
+from .data import IMAGENET_MEAN, IMAGENET_STD
 
 BACKGROUND_COLOR = "#9e9e9e"  # episode label 0
 WAY_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4")  # ways 1..5
@@ -117,14 +117,12 @@ def plot_history(history: Sequence[dict], ax=None, keys: Sequence[str] = ("seg_l
     return ax
 
 
-_DATASET_NAMES = {"pascal5i": "PASCAL-5i", "coco20i": "COCO-20i", "synthetic": "embedded dataset"}
-
-
 def plot_table(table: dict, folds: Sequence[int] = (0, 1, 2, 3), ax_size: tuple[float, float] = (5.0, 3.4)):
     """Bars of a `reproduce.summarize` table, one panel per shot count: our mIoU per fold and their
     mean (with the std over runs), and the paper's beside them when the table holds it. A synthetic
     pipeline check (no paper numbers) is titled as one. Returns the figure."""
     from .reproduce import PIPELINE_CHECK
+    from .sources import REGISTRY
 
     check = table.get("kind") == PIPELINE_CHECK
     settings = table["settings"]
@@ -146,7 +144,7 @@ def plot_table(table: dict, folds: Sequence[int] = (0, 1, 2, 3), ax_size: tuple[
             theirs = [paper.get(f, np.nan) for f in folds] + [s.get("paper_mean") or np.nan]
             ax.bar(x + width / 2, theirs, width, color=BACKGROUND_COLOR, label="paper")
         setting = f"{s['ways']}-way {s['shots']}-shot"
-        name = _DATASET_NAMES.get(table["dataset"], table["dataset"])
+        name = REGISTRY[table["dataset"]].title if table["dataset"] in REGISTRY else table["dataset"]
         ax.set_title(f"{PIPELINE_CHECK}: {setting}" if check else f"{name} {setting}", fontsize=10)
         ax.set_xticks(x, labels)
         ax.set_xlabel("fold")

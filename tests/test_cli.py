@@ -287,3 +287,70 @@ def test_a_table_of_synthetic_runs_is_a_pipeline_check_without_paper_numbers():
     real = reproduce.summarize("pascal5i", rows)
     assert real["kind"] == reproduce.REPRODUCTION and real["settings"][0]["paper_mean"] == 48.1
     assert reproduce.summarize("pascal5i", rows, compare=False)["kind"] == reproduce.PIPELINE_CHECK
+
+
+def subcommand_parsers():
+    from panet_lite.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices
+
+
+def test_every_option_of_every_command_explains_itself():
+    parsers = subcommand_parsers()
+    assert set(parsers) == set(COMMANDS)
+    for name, p in parsers.items():
+        for action in p._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            text = re.sub(r"\(default: [^)]*\)", "", action.help or "").strip()
+            assert len(text) >= 10, (name, action.option_strings, action.help)  # an explanation, not a default
+    # Each config field's help is the one declared beside it, so `--help` and the code cannot drift apart.
+    from dataclasses import fields
+
+    from panet_lite.train import TrainConfig
+
+    train_help = {a.dest: a.help for a in parsers["train"]._actions}
+    for f in fields(TrainConfig):
+        assert train_help[f.name].startswith(f.metadata["help"].replace("%", "%%")), f.name
+
+
+def test_training_and_test_seeds_are_separate_options():
+    from panet_lite.cli import build_parser
+    from panet_lite.demo import DemoConfig
+    from panet_lite.evaluate import EvalConfig
+    from panet_lite.options import pick
+    from panet_lite.train import TrainConfig
+
+    parser = build_parser()
+    # A new training seed keeps the faithful protocol's test episodes (seed 1234, runs 1234 + r) ...
+    args = parser.parse_args(["reproduce", "--dataset", "synthetic", "--seed", "7"])
+    assert pick(args, TrainConfig).seed == 7 and pick(args, EvalConfig).seed == 1234
+    # ... and the test seed moves only the test sampler.
+    args = parser.parse_args(["reproduce", "--dataset", "synthetic", "--test-seed", "99"])
+    assert pick(args, TrainConfig).seed == 1234 and pick(args, EvalConfig).seed == 99
+    args = parser.parse_args(["test", "--dataset", "synthetic", "--fold", "0", "--notrain", "--test-seed", "5"])
+    assert pick(args, EvalConfig).seed == 5
+    with pytest.raises(SystemExit):  # `test` trains nothing, so it has no training seed to set
+        parser.parse_args(["test", "--dataset", "synthetic", "--fold", "0", "--notrain", "--seed", "5"])
+    args = parser.parse_args(["demo", "--seed", "3", "--test-seed", "4"])
+    assert (pick(args, DemoConfig).seed, pick(args, DemoConfig).test_seed) == (3, 4)
+
+
+def test_a_config_field_without_help_cannot_become_a_flag():
+    import argparse
+    from dataclasses import dataclass
+
+    from panet_lite.options import add_options, option
+
+    @dataclass
+    class Config:
+        explained: int = option(1, "an option with its help")
+        silent: int = 2
+
+    with pytest.raises(TypeError, match="Config.silent has no help"):
+        add_options(argparse.ArgumentParser(), Config)
+    parser = argparse.ArgumentParser()
+    add_options(parser, Config, skip=("silent",))
+    assert parser.parse_args(["--explained", "3"]).explained == 3

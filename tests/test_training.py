@@ -40,6 +40,40 @@ def test_resume_gives_the_same_weights_as_one_straight_run(source, tmp_path):
         assert torch.equal(p, q)
 
 
+def test_a_finished_run_is_loaded_without_drawing_an_episode(source, tmp_path, monkeypatch):
+    import panet_lite.train as training
+
+    trained, history = train(source, train_classes(0), small_config(4), out=tmp_path, progress=False)
+
+    def no_episodes(*args, **kwargs):
+        raise AssertionError("a finished run drew its training episodes again")
+
+    monkeypatch.setattr(training, "EpisodeDataset", no_episodes)
+    again, history_again = train(source, train_classes(0), small_config(4), out=tmp_path, progress=False)
+    assert not again.training and history_again == history
+    assert all(torch.equal(p, q) for p, q in zip(trained.parameters(), again.parameters()))
+
+
+def test_checkpoints_store_the_model_arguments(source, tmp_path):
+    from panet_lite.model import PANet
+    from panet_lite.train import load_checkpoint
+
+    model = PANet("small", alpha=7.0)  # a cosine scale TrainConfig does not name
+    train(source, train_classes(0), small_config(2), out=tmp_path, model=model, progress=False)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["model_args"] == {"backbone": "small", "align": True, "alpha": 7.0, "resnet_layer": "layer3"}
+    loaded = load_model(tmp_path / "checkpoint.pt")
+    assert (loaded.backbone, loaded.alpha) == ("small", 7.0)
+    # A bare state dict reads as {"model": it}; anything else is refused plainly.
+    torch.save(PANet("small").state_dict(), tmp_path / "weights.pt")
+    assert load_checkpoint(tmp_path / "weights.pt").keys() == {"model"}
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list, not a panet_lite checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
 def test_lr_schedule_steps_per_iteration(source):
     cfg = small_config(6)
     _, hist = train(source, train_classes(0), cfg, progress=False)
