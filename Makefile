@@ -10,7 +10,7 @@ NB_TIMEOUT ?= 600
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[course,test]"
 	@touch $(STAMP)
 
 lab: $(STAMP)  ## open the course in JupyterLab

@@ -168,6 +168,7 @@ def cmd_train(args) -> int:
 def cmd_test(args) -> int:
     from .evaluate import evaluate
     from .model import PANet
+    from .reproduce import standard_episodes_name
     from .sources import benchmark, open_source, split_for
     from .train import load_model
 
@@ -175,7 +176,8 @@ def cmd_test(args) -> int:
     if not (args.notrain or args.checkpoint):
         raise ValueError("give --checkpoint RUN/checkpoint.pt, or --notrain for ImageNet features only")
     if cfg.protocol == "standard" and cfg.save_episodes is None:
-        cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/episodes-standard-fold{args.fold}-{cfg.shots}shot.json")
+        name = standard_episodes_name(args.fold, cfg.shots, cfg.ways)
+        cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/{name}")
     # The data first: a missing or unprepared --root fails before any weights are loaded.
     source = open_source(args.dataset, args.root, split_for(args.dataset, cfg.protocol), args.synthetic_size)
     model = PANet(args.backbone, pretrained=True) if args.notrain else load_model(args.checkpoint)

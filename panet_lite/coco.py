@@ -10,10 +10,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from torchvision.datasets.utils import download_and_extract_archive
 
 from .data import FOLDS_FILE, SegmentationSource, read_data_json
-from .pascal import DataError, fetch_once, prepare_hint, read_ids, read_rgb, write_text_if_changed
+from .files import DataError, fetch_once, prepare_hint, read_ids, read_rgb, write_text_if_changed
 
 COCO_SPLITS = ("train2014", "val2014")
 LISTS_DIR = "panet_lite_lists"  # root/panet_lite_lists/<split>/{index.json, images.txt, class<N>.txt}
@@ -142,9 +141,7 @@ def prepare_coco(root: str | Path, download: bool = True, urls: dict | None = No
         archive = root / Path(urlparse(url).path).name
         missing = (f"COCO {name} not found in {root}. Run `{prepare_hint(root, 'coco')}` to download it, "
                    f"or download {url} and extract it in {root}.")
-        fetch = lambda url=url, archive=archive, md5=md5: download_and_extract_archive(  # noqa: E731
-            url, root, filename=archive.name, md5=md5)
-        if fetch_once(root / name, archive, fetch, url, md5, download, missing, progress):
+        if fetch_once(root / name, archive, url, md5, download, missing, progress):
             downloaded.append(name)
     report: dict = {"downloaded": downloaded}
     for split in COCO_SPLITS:

@@ -1,48 +1,38 @@
-"""PASCAL VOC 2012 + SBD: download, build SegmentationClassAug and trainaug, check their counts, read a source."""
+"""PASCAL VOC 2012 + SBD: download, build SegmentationClassAug and trainaug, check their counts, read a source.
+
+The general file I/O (atomic writes, readers, download errors) is in `files.py`, shared with COCO.
+"""
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.client
 import json
 import os
 import shutil
-import tarfile
-import threading
-import urllib.error
-import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import scipy.io
 import torch
-import torchvision.datasets.utils as tv_utils
-import torchvision.datasets.voc as tv_voc
 from PIL import Image
-from torchvision.datasets import SBDataset, VOCSegmentation
 from tqdm.auto import tqdm
 
 from .data import IGNORE, VOC_CLASSES, SegmentationSource, read_data_json
+# DataError is re-exported: callers catch pascal.DataError as before the file I/O moved to files.py.
+from .files import (Archive, DataError, atomic_write, download_archive, extract, fetch_once, image_size,
+                    prepare_hint, read_ids, read_png_mask, read_rgb, write_text_if_changed)
 
 VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
+# The official archives (the URLs and checksums torchvision's VOC and SBD datasets use).
+VOC_ARCHIVE = Archive("https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+                      "VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")
+SBD_ARCHIVE = Archive("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+                      "benchmark.tgz", "benchmark.tgz", "82b4d87ceb2ed10f6038a1cba92111cb")
 SBD_ITEMS = ("cls", "img", "inst", "train.txt", "val.txt")  # what torchvision moves out of benchmark.tgz
 SPLITS = ("trainaug", "val")
-EXTRACTED = ".panet_lite_extracted"  # written into a folder once its archive is fully extracted
 BUILDING = ".panet_lite_building"  # present in VOC2012 while a VOC+SBD build is unfinished
 INDEX_FILE = "panet_lite_index.json"  # per-image classes + file stamps, so re-runs skip finished work
 REFERENCE_FILE = "pascal5i_reference_counts.json"  # in data/: the counts of a correct preparation
-
-
-class DataError(ValueError):
-    """Missing or malformed dataset files; the message names the file and says how to fix it."""
-
-
-def prepare_hint(root: str | Path, dataset: str = "pascal") -> str:
-    """The command that prepares a dataset, for error messages."""
-    return f"python -m panet_lite prepare {dataset} --root {root}"
 
 
 # ----------------------------------------------------------------------------- paths and files
@@ -55,6 +45,36 @@ def base_dir(root: str | Path) -> Path:
     if root.name == "VOCdevkit":
         return root.parent
     return root
+
+
+@dataclass(frozen=True)
+class VOCLayout:
+    """The file names of a VOC2012 tree, written once: the builder, the reader and the embedded
+    dataset's exporter (`synthetic.write_voc_tree`) all go through it."""
+
+    voc: Path  # .../VOCdevkit/VOC2012
+
+    @classmethod
+    def of(cls, root: str | Path) -> "VOCLayout":
+        return cls(base_dir(root) / VOC_SUBDIR)
+
+    @property
+    def sets(self) -> Path:
+        return self.voc / "ImageSets" / "Segmentation"
+
+    def image(self, image_id: str) -> Path:
+        return self.voc / "JPEGImages" / f"{image_id}.jpg"
+
+    def mask(self, image_id: str, folder: str = "SegmentationClassAug") -> Path:
+        """A mask PNG: SegmentationClassAug (built), SegmentationClass / SegmentationObject (VOC's own),
+        SegmentationObjectAug (built instances)."""
+        return self.voc / folder / f"{image_id}.png"
+
+    def split_list(self, split: str) -> Path:
+        return self.sets / f"{split}.txt"
+
+    def class_list(self, split: str, class_id: int) -> Path:
+        return self.sets / split / f"class{class_id}.txt"
 
 
 def voc_palette() -> list[int]:
@@ -73,76 +93,8 @@ def voc_palette() -> list[int]:
 _PALETTE = voc_palette()
 
 
-def read_ids(path: Path) -> list[str]:
-    """The image ids listed in a text file, one per line (blank lines skipped)."""
-    try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise DataError(f"missing list file {path}") from None
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` and rename tmp onto `path`, so `path` is either absent or complete."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_if_changed(path: Path, text: str) -> bool:
-    """Atomically write `text` unless the file already holds it; True if written."""
-    if path.is_file() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-    return True
-
-
 def _lines(ids: list[str]) -> str:
     return "".join(f"{i}\n" for i in ids)
-
-
-def read_rgb(path: Path) -> torch.Tensor:
-    """An image file as a `(3, H, W)` uint8 RGB tensor."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"missing image {path}") from None
-    except Exception as error:
-        raise DataError(f"unreadable image {path} ({error}); replace it with a complete copy") from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
-
-
-def _image_size(path: Path, fix: str) -> tuple[int, int]:
-    """(H, W) from the image header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise DataError(f"missing image {path}; {fix}") from None
-    except Exception as error:
-        raise DataError(f"unreadable image {path} ({error}); {fix}") from error
-    return height, width
-
-
-def read_png_mask(path: Path, fix: str = "") -> np.ndarray:
-    """A single-channel ('P' or 'L') PNG of label indices as an `(H, W)` uint8 array."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode, array = image.mode, np.array(image)
-    except FileNotFoundError:
-        raise DataError(f"missing mask {path}; {fix}") from None
-    except Exception as error:
-        raise DataError(f"unreadable mask {path} ({error}); {fix}") from error
-    if mode not in ("P", "L"):
-        raise DataError(f"mask {path} has mode {mode!r}; expected a palette ('P') or grey ('L') PNG "
-                        f"whose pixel values are the labels; {fix}")
-    return array
 
 
 def read_sbd_mat(path: Path, struct: str, fix: str = "") -> np.ndarray:
@@ -191,72 +143,12 @@ def check_mask(mask: np.ndarray, size: tuple[int, int], path: Path, image: Path,
 
 # ----------------------------------------------------------------------------- downloads
 
-def _download_error(error: Exception, url: str, archive: Path, md5: str | None) -> DataError:
-    """Turn a failure of torchvision's download/extract into a DataError that says what to do."""
-    if isinstance(error, (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)):
-        return DataError(f"could not download {url} ({error}). Check the network and run again, or "
-                         f"download it yourself and put it at {archive}.")
-    if md5 and archive.is_file() and isinstance(error, RuntimeError):
-        actual = tv_utils.calculate_md5(archive)
-        if actual != md5:
-            return DataError(f"checksum mismatch for {archive} (from {url}): expected md5 {md5}, got "
-                             f"{actual}. The download is damaged or the server sent another file; run "
-                             f"again to download it again.")
-    if isinstance(error, (tarfile.TarError, zipfile.BadZipFile, EOFError)):
-        return DataError(f"{archive} is not a complete archive ({error}); delete it and run again.")
-    return DataError(f"downloading {url} to {archive} and extracting it failed: {error!r}")
-
-
-def run_download(fetch: Callable[[], object], url: str, archive: Path, md5: str | None,
-                 progress: bool) -> None:
-    """Run a torchvision download `fetch()` with its progress bar on or off; failures -> DataError."""
-    saved_tqdm = tv_utils.tqdm
-    if not progress:
-        tv_utils.tqdm = functools.partial(saved_tqdm, disable=True)
-    try:
-        fetch()
-    except DataError:
-        raise
-    except Exception as error:
-        raise _download_error(error, url, archive, md5) from error
-    finally:
-        tv_utils.tqdm = saved_tqdm
-
-
-def fetch_once(target: Path, archive: Path, fetch: Callable[[], object], url: str, md5: str | None,
-               download: bool, missing: str, progress: bool) -> bool:
-    """Download and extract `archive` so that folder `target` appears, unless that is done already.
-
-    `target` is done when it holds our EXTRACTED marker, or when it exists with no archive beside it
-    (the user extracted it). A target without marker next to its archive is an interrupted
-    extraction: it is extracted again (torchvision reuses the archive if its md5 matches).
-    Returns True if something was fetched; `missing` is the error message when download=False.
-    """
-    if (target / EXTRACTED).exists() or (target.is_dir() and (not archive.exists() or not download)):
-        return False
-    if not download:
-        raise DataError(missing)
-    run_download(fetch, url, archive, md5, progress)
-    if not target.is_dir():
-        raise DataError(f"{archive} (from {url}) did not contain {target}; check the URL.")
-    (target / EXTRACTED).touch()
-    return True
-
-
 def _ensure_voc(base: Path, download: bool, url: str | None, md5: str | None, progress: bool) -> bool:
-    """Make sure base/VOCdevkit/VOC2012 is extracted, downloading it with torchvision if needed."""
-    entry = tv_voc.DATASET_YEAR_DICT["2012"]
-    saved = dict(entry)
-    entry["url"], entry["md5"] = url or entry["url"], md5 or entry["md5"]
+    """Make sure base/VOCdevkit/VOC2012 is extracted, downloading it if needed."""
+    url, md5 = url or VOC_ARCHIVE.url, md5 or VOC_ARCHIVE.md5
     missing = (f"VOC2012 not found at {base / VOC_SUBDIR}. Run `{prepare_hint(base)}` to download it "
-               f"(2 GB), or extract {entry['filename']} ({entry['url']}) in {base}.")
-    try:
-        return fetch_once(base / VOC_SUBDIR, base / entry["filename"],
-                          lambda: VOCSegmentation(base, year="2012", image_set="trainval", download=True),
-                          entry["url"], entry["md5"], download, missing, progress)
-    finally:
-        entry.clear()
-        entry.update(saved)
+               f"(2 GB), or extract {VOC_ARCHIVE.filename} ({url}) in {base}.")
+    return fetch_once(base / VOC_SUBDIR, base / VOC_ARCHIVE.filename, url, md5, download, missing, progress)
 
 
 def sbd_complete(sbd: Path) -> bool:
@@ -270,7 +162,7 @@ def _ensure_sbd(sbd: Path, download: bool, url: str | None, md5: str | None, pro
         return False
     extracted = sbd / "benchmark_RELEASE" / "dataset"
     if any((sbd / item).exists() for item in SBD_ITEMS):
-        # torchvision was interrupted while moving the extracted items (each move is a rename):
+        # An earlier run was interrupted while moving the extracted items (each move is a rename):
         # the extraction was complete, so finish the moves.
         for item in SBD_ITEMS:
             if not (sbd / item).exists():
@@ -282,15 +174,15 @@ def _ensure_sbd(sbd: Path, download: bool, url: str | None, md5: str | None, pro
     if not download:
         raise DataError(f"SBD not found at {sbd} (needed to build SegmentationClassAug). Run "
                         f"`{prepare_hint(sbd.parent)}` to download it (1.4 GB), or extract benchmark.tgz "
-                        f"({SBDataset.url}) and move benchmark_RELEASE/dataset/* to {sbd}.")
-    saved = SBDataset.url, SBDataset.md5
-    SBDataset.url, SBDataset.md5 = url or SBDataset.url, md5 or SBDataset.md5
-    try:
-        # image_set="train" (not "train_noval"): torchvision then needs nothing but benchmark.tgz
-        run_download(lambda: SBDataset(sbd, image_set="train", mode="segmentation", download=True),
-                     SBDataset.url, sbd / SBDataset.filename, SBDataset.md5, progress)
-    finally:
-        SBDataset.url, SBDataset.md5 = saved
+                        f"({SBD_ARCHIVE.url}) and move benchmark_RELEASE/dataset/* to {sbd}.")
+    url, archive = url or SBD_ARCHIVE.url, sbd / SBD_ARCHIVE.filename
+    download_archive(url, archive, md5 or SBD_ARCHIVE.md5, progress)
+    extract(archive, sbd)
+    for item in SBD_ITEMS:  # benchmark_RELEASE/dataset/* -> sbd/, as torchvision's SBDataset lays it out
+        if not (extracted / item).exists():
+            raise DataError(f"{archive} (from {url}) did not contain benchmark_RELEASE/dataset/{item}; "
+                            f"check the URL.")
+        shutil.move(str(extracted / item), str(sbd / item))
     return True
 
 
@@ -344,7 +236,7 @@ def _run_job(job: _Job, cached: dict | None) -> tuple[dict, int]:
     if cached is not None and cached.get("stamp") == stamp and not object_pending:
         return cached, 0
     fix = f"the VOC2012 tree is incomplete: delete {job.image.parents[1]} and run prepare again"
-    size = _image_size(job.image, fix)
+    size = image_size(job.image, fix)
     classes, written = _build_mask(job.class_out, job.class_src, "GTcls", size, job.image, 20)
     if job.object_src is not None or job.object_out.exists():
         written += _build_mask(job.object_out, job.object_src, "GTinst", size, job.image, None)[1]
@@ -372,17 +264,16 @@ def _run_jobs(jobs: list[_Job], cache: dict, progress: bool) -> tuple[dict[str, 
 
 def _jobs(voc: Path, sbd: Path | None, ids: list[str], voc_annotated: set[str]) -> list[_Job]:
     """The jobs for `ids`; with `sbd` None, masks are only read from SegmentationClassAug."""
-    jobs = []
+    jobs, layout = [], VOCLayout(voc)
     for image_id in ids:
         class_src = object_src = None
         if sbd is not None and image_id in voc_annotated:
-            class_src = voc / "SegmentationClass" / f"{image_id}.png"
-            object_src = voc / "SegmentationObject" / f"{image_id}.png"
+            class_src = layout.mask(image_id, "SegmentationClass")
+            object_src = layout.mask(image_id, "SegmentationObject")
         elif sbd is not None:
             class_src, object_src = sbd / "cls" / f"{image_id}.mat", sbd / "inst" / f"{image_id}.mat"
-        jobs.append(_Job(image_id, voc / "JPEGImages" / f"{image_id}.jpg",
-                         voc / "SegmentationClassAug" / f"{image_id}.png",
-                         voc / "SegmentationObjectAug" / f"{image_id}.png", class_src, object_src))
+        jobs.append(_Job(image_id, layout.image(image_id), layout.mask(image_id),
+                         layout.mask(image_id, "SegmentationObjectAug"), class_src, object_src))
     return jobs
 
 
@@ -396,7 +287,7 @@ def _shared_trainaug(voc: Path, voc_val: list[str]) -> list[str] | None:
     if not aug.is_dir():
         return None
     stems = {name[:-4] for name in os.listdir(aug) if name.endswith(".png")}
-    listed = voc / "ImageSets" / "Segmentation" / "trainaug.txt"
+    listed = VOCLayout(voc).split_list("trainaug")
     trainaug = read_ids(listed) if listed.is_file() else sorted(stems - set(voc_val))
     if trainaug and set(trainaug) | set(voc_val) <= stems:
         return sorted(trainaug)
@@ -412,12 +303,12 @@ def _load_index(path: Path) -> dict:
 
 def _write_lists(voc: Path, splits: dict[str, list[str]], results: dict[str, dict]) -> None:
     """Write trainaug.txt and the sorted per-class lists {split}/class{N}.txt (the authors' layout)."""
-    sets = voc / "ImageSets" / "Segmentation"
-    write_text_if_changed(sets / "trainaug.txt", _lines(splits["trainaug"]))
+    layout = VOCLayout(voc)
+    write_text_if_changed(layout.split_list("trainaug"), _lines(splits["trainaug"]))
     for split, ids in splits.items():
         for c in range(1, 21):
             members = [i for i in ids if c in results[i]["classes"]]
-            write_text_if_changed(sets / split / f"class{c}.txt", _lines(members))
+            write_text_if_changed(layout.class_list(split, c), _lines(members))
 
 
 def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None = None,
@@ -440,8 +331,8 @@ def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None 
     base.mkdir(parents=True, exist_ok=True)
     downloaded = ["VOC2012"] if _ensure_voc(base, download, voc_url, voc_md5, progress) else []
     voc, sbd = base / VOC_SUBDIR, base / "SBD"
-    voc_train = read_ids(voc / "ImageSets" / "Segmentation" / "train.txt")
-    voc_val = sorted(read_ids(voc / "ImageSets" / "Segmentation" / "val.txt"))
+    voc_train = read_ids(VOCLayout(voc).split_list("train"))
+    voc_val = sorted(read_ids(VOCLayout(voc).split_list("val")))
     building = voc / BUILDING
 
     trainaug = None
@@ -576,17 +467,17 @@ class PascalVOC(SegmentationSource):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.base = base_dir(root)
-        self.voc = self.base / VOC_SUBDIR
+        self.layout = VOCLayout.of(root)
+        self.voc = self.layout.voc
         self.split = split
-        sets = self.voc / "ImageSets" / "Segmentation"
-        needed = [sets / f"{split}.txt", self.voc / "SegmentationClassAug"]
-        needed += [sets / split / f"class{c}.txt" for c in range(1, 21)]
+        needed = [self.layout.split_list(split), self.voc / "SegmentationClassAug"]
+        needed += [self.layout.class_list(split, c) for c in range(1, 21)]
         missing = [path for path in needed if not path.exists()]
         if missing:
             raise DataError(f"PASCAL VOC is not prepared in {self.base} ({missing[0]} is missing). "
                             f"Run `{prepare_hint(self.base)}` first.")
         self._ids = sorted(read_ids(needed[0]))
-        self._lists = {c: read_ids(sets / split / f"class{c}.txt") for c in range(1, 21)}
+        self._lists = {c: read_ids(self.layout.class_list(split, c)) for c in range(1, 21)}
         self._classes_of: dict[str, set[int]] = {}
         for c, members in self._lists.items():
             for image_id in members:
@@ -598,7 +489,7 @@ class PascalVOC(SegmentationSource):
 
     def load(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Image `(3, H, W)` uint8 RGB and label `(H, W)` int64 (0 bg, 1..20, 255 ignore)."""
-        image = read_rgb(self.voc / "JPEGImages" / f"{image_id}.jpg")
+        image = read_rgb(self.layout.image(image_id))
         label = self._read_mask("SegmentationClassAug", image_id, image.shape[1:])
         return image, label
 
@@ -607,7 +498,7 @@ class PascalVOC(SegmentationSource):
         return self._read_mask("SegmentationObjectAug", image_id)
 
     def _read_mask(self, folder: str, image_id: str, size: tuple[int, int] | None = None) -> torch.Tensor:
-        path = self.voc / folder / f"{image_id}.png"
+        path = self.layout.mask(image_id, folder)
         if not path.exists():
             hint = (" Instance masks are built from SBD: put SBD in place and run prepare again."
                     if folder == "SegmentationObjectAug" else "")

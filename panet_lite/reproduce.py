@@ -24,6 +24,12 @@ def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
     return Path(out) / f"fold{fold}-{ways}way-{shots}shot"
 
 
+def standard_episodes_name(fold: int, shots: int, ways: int = 1) -> str:
+    """The file the standard protocol saves its drawn episodes to (`test` and `reproduce` alike)."""
+    setting = f"{shots}shot" if ways == 1 else f"{ways}way-{shots}shot"
+    return f"episodes-standard-fold{fold}-{setting}.json"
+
+
 def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainConfig, eval_cfg: EvalConfig,
                    out: Path, progress: bool = True, synthetic_size: int = 96) -> dict:
     """One cell of the table: train (or resume, or load) the model of (fold, shots), then test it.
@@ -38,7 +44,7 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
     train_cfg = replace(train_cfg, shots=shots)
     eval_cfg = replace(eval_cfg, shots=shots, ways=train_cfg.ways)
     if eval_cfg.protocol == "standard" and eval_cfg.save_episodes is None:
-        eval_cfg = replace(eval_cfg, save_episodes=str(d / "episodes-standard.json"))
+        eval_cfg = replace(eval_cfg, save_episodes=str(d / standard_episodes_name(fold, shots, train_cfg.ways)))
     results = d / f"results-{eval_cfg.protocol}.json"
     if results.is_file():
         row = json.loads(results.read_text())

@@ -1,19 +1,21 @@
-"""Figures for the course: one colour per episode label, used the same way in every chapter."""
+"""Figures for the course, in one place: one colour per episode label, used the same way in every
+chapter; episodes (`show_episode`, `plot_episode`), legends, loss curves and result tables."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
+from matplotlib.colors import ListedColormap, to_rgb
 
-from .data import IGNORE
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .data import IGNORE, IMAGENET_MEAN, IMAGENET_STD
 
 BACKGROUND_COLOR = "#9e9e9e"  # episode label 0
 WAY_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4")  # ways 1..5
 IGNORE_COLOR = "#ffffff"  # 255 borders
+OTHER_CLASS_COLOR = "#3a3a3a"  # a class that is in the image but not in the episode (labels as stored)
 
 
 def label_colors(n_ways: int) -> list[str]:
@@ -34,8 +36,6 @@ def to_image(image: torch.Tensor) -> np.ndarray:
 
 def label_to_rgb(label: torch.Tensor, n_ways: int) -> np.ndarray:
     """Episode labels (H, W) (0 bg, 1..N ways, 255 ignore) as an (H, W, 3) colour image."""
-    from matplotlib.colors import to_rgb
-
     lut = np.array([to_rgb(c) for c in label_colors(n_ways)])
     lab = label.detach().cpu().numpy()
     out = np.ones((*lab.shape, 3)) * np.array(to_rgb(IGNORE_COLOR))
@@ -90,12 +90,71 @@ def show_episode(item: dict, pred: torch.Tensor | None = None, class_names: Sequ
     return fig
 
 
-def legend_handles(n_ways: int, class_names: Sequence[str] | None = None):
-    """Patches for a legend: background and each way in its colour."""
+def stored_label_rgb(label: torch.Tensor, class_ids: Sequence[int]) -> np.ndarray:
+    """A label map with global ids (H, W) as colours: the episode's classes in their way colours,
+    any other class dark grey, background grey, 255 white."""
+    colors = {0: BACKGROUND_COLOR, IGNORE: IGNORE_COLOR} | {c: WAY_COLORS[w] for w, c in enumerate(class_ids)}
+    lab = label.numpy()
+    out = np.empty((*lab.shape, 3))
+    out[:] = to_rgb(OTHER_CLASS_COLOR)
+    for value, color in colors.items():
+        out[lab == value] = to_rgb(color)
+    return out
+
+
+def support_panel(ax, image: torch.Tensor, fg: torch.Tensor, way: int, n_ways: int, title: str) -> None:
+    """A support image with its mask lightly tinted and outlined in the way's colour."""
+    overlay(ax, image, mask_label(fg, way), n_ways, alpha=0.3, title=title)
+    if fg.any():
+        ax.contour(fg.numpy(), levels=[0.5], colors=[WAY_COLORS[way]], linewidths=1.2)
+
+
+def plot_episode(state: dict, size: float = 1.7):
+    """Supports with their masks (one row per way), then each query: its image, its labels as
+    stored and its episode-local ground truth. Returns the figure."""
+    item, names = state["item"], state["class_names"]
+    N, K = item["support_fg"].shape[:2]
+    Q = item["query_images"].shape[0]
+    cols = max(K, 3)
+    fig, axes = plt.subplots(N + Q, cols, figsize=(max(size * cols, 5.4), size * (N + Q)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for w in range(N):
+        for k in range(K):
+            title = f"way {w + 1}: {names[w]}\nshot {k + 1}" if k == 0 else f"\nshot {k + 1}"
+            support_panel(axes[w, k], item["support_images"][w, k], item["support_fg"][w, k], w, N, title)
+    for q in range(Q):
+        row = axes[N + q]
+        overlay(row[0], item["query_images"][q], title=f"query {q + 1}\n{state['query_ids'][q]}")
+        row[1].imshow(stored_label_rgb(state["query_labels_stored"][q], state["class_ids"]), interpolation="nearest")
+        row[1].set_title("labels as stored\n(global class ids)", fontsize=9)
+        row[2].imshow(label_to_rgb(item["query_labels"][q], N), interpolation="nearest")
+        row[2].set_title("episode ground truth\n(0 background, w for way w)", fontsize=9)
+    handles = legend_handles(N, names, stored=True)
+    legend_h = 0.22 * math.ceil(len(handles) / 2) + 0.15  # inches kept free under the panels
+    fig.set_figheight(size * (N + Q) + legend_h + 0.35)
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    split = "held-out" if state["split"] == "test" else "training"
+    fig.suptitle(f"fold {state['fold']} ({split} classes): {N}-way {K}-shot, seed {state['seed']}, "
+                 f"episode {state['index']}", fontsize=10)
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def legend_handles(n_ways: int, class_names: Sequence[str] | None = None, stored: bool = False):
+    """Patches for a legend: background and each way in its colour. `stored` is the legend of labels
+    as stored (global ids): ways numbered, plus the other classes and the 255 borders."""
     from matplotlib.patches import Patch
 
-    names = ["background"] + [class_names[i] if class_names else f"way {i + 1}" for i in range(n_ways)]
-    return [Patch(color=c, label=n) for c, n in zip(label_colors(n_ways), names)]
+    if not stored:
+        names = ["background"] + [class_names[i] if class_names else f"way {i + 1}" for i in range(n_ways)]
+        return [Patch(color=c, label=n) for c, n in zip(label_colors(n_ways), names)]
+    handles = [Patch(color=BACKGROUND_COLOR, label="background (0)")]
+    handles += [Patch(color=WAY_COLORS[w], label=f"way {w + 1}: {class_names[w] if class_names else w + 1}")
+                for w in range(n_ways)]
+    handles.append(Patch(color=OTHER_CLASS_COLOR, label="another class (becomes 0)"))
+    handles.append(Patch(facecolor=IGNORE_COLOR, edgecolor="0.5", label="border (255, ignored)"))
+    return handles
 
 
 def label_cmap(n_ways: int) -> ListedColormap:

@@ -2,7 +2,7 @@
 
 Every view follows one pattern. A plain function computes plain data from an episode
 (`episode_state`, `similarity_maps`, `project_features`); another draws that data as a
-matplotlib figure (`plot_episode`, `plot_similarity`, `plot_projection`). The widget classes
+matplotlib figure (`viz.plot_episode`, and here `plot_similarity`, `plot_projection`). The widget classes
 only wire controls to them: changing a control calls `compute()`, which stores the result in
 `.state`, then `render()`, which draws `.figure()` into `.output`. Show a view with
 `display(view)` (or just `view` as a cell's last line); call `view.figure()` for the same
@@ -13,18 +13,14 @@ stream `seed` is the one the sampler draws after episodes 0..index-1.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from IPython.display import display
 from matplotlib import patheffects
-from matplotlib.colors import to_rgb
-from matplotlib.patches import Patch
 
 from .data import IGNORE, SegmentationSource, fold_classes, train_classes
 from .episodes import EpisodeDataset, resize_pair
@@ -32,9 +28,9 @@ from .matching import ALPHA, prototype_scores, upsample_scores
 from .metrics import IoUMeter
 from .model import PANet
 from .pooling import episode_prototypes, masked_average_pool
-from .viz import BACKGROUND_COLOR, IGNORE_COLOR, WAY_COLORS, label_to_rgb, mask_label, overlay
+# The figures live in viz, the plotting home; plot_episode is re-exported for the widget's users.
+from .viz import BACKGROUND_COLOR, WAY_COLORS, overlay, plot_episode, support_panel  # noqa: F401
 
-OTHER_CLASS_COLOR = "#3a3a3a"  # a class that is in the image but not in the episode
 MAX_WAYS = len(WAY_COLORS)
 MAX_SHOTS = 5
 
@@ -79,65 +75,6 @@ def episode_state(source: SegmentationSource, fold: int = 0, split: str = "test"
         "support_ids": episode.support, "query_ids": episode.query,
         "item": item, "query_labels_stored": stored,
     }
-
-
-def stored_label_rgb(label: torch.Tensor, class_ids: Sequence[int]) -> np.ndarray:
-    """A label map with global ids (H, W) as colours: the episode's classes in their way colours,
-    any other class dark grey, background grey, 255 white."""
-    colors = {0: BACKGROUND_COLOR, IGNORE: IGNORE_COLOR} | {c: WAY_COLORS[w] for w, c in enumerate(class_ids)}
-    lab = label.numpy()
-    out = np.empty((*lab.shape, 3))
-    out[:] = to_rgb(OTHER_CLASS_COLOR)
-    for value, color in colors.items():
-        out[lab == value] = to_rgb(color)
-    return out
-
-
-def _label_legend(class_names: Sequence[str]) -> list[Patch]:
-    handles = [Patch(color=BACKGROUND_COLOR, label="background (0)")]
-    handles += [Patch(color=WAY_COLORS[w], label=f"way {w + 1}: {n}") for w, n in enumerate(class_names)]
-    handles.append(Patch(color=OTHER_CLASS_COLOR, label="another class (becomes 0)"))
-    handles.append(Patch(facecolor=IGNORE_COLOR, edgecolor="0.5", label="border (255, ignored)"))
-    return handles
-
-
-def _support_panel(ax, image: torch.Tensor, fg: torch.Tensor, way: int, n_ways: int, title: str) -> None:
-    """A support image with its mask lightly tinted and outlined in the way's colour."""
-    overlay(ax, image, mask_label(fg, way), n_ways, alpha=0.3, title=title)
-    if fg.any():
-        ax.contour(fg.numpy(), levels=[0.5], colors=[WAY_COLORS[way]], linewidths=1.2)
-
-
-def plot_episode(state: dict, size: float = 1.7):
-    """Supports with their masks (one row per way), then each query: its image, its labels as
-    stored and its episode-local ground truth. Returns the figure."""
-    item, names = state["item"], state["class_names"]
-    N, K = item["support_fg"].shape[:2]
-    Q = item["query_images"].shape[0]
-    cols = max(K, 3)
-    fig, axes = plt.subplots(N + Q, cols, figsize=(max(size * cols, 5.4), size * (N + Q)), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for w in range(N):
-        for k in range(K):
-            title = f"way {w + 1}: {names[w]}\nshot {k + 1}" if k == 0 else f"\nshot {k + 1}"
-            _support_panel(axes[w, k], item["support_images"][w, k], item["support_fg"][w, k], w, N, title)
-    for q in range(Q):
-        row = axes[N + q]
-        overlay(row[0], item["query_images"][q], title=f"query {q + 1}\n{state['query_ids'][q]}")
-        row[1].imshow(stored_label_rgb(state["query_labels_stored"][q], state["class_ids"]), interpolation="nearest")
-        row[1].set_title("labels as stored\n(global class ids)", fontsize=9)
-        row[2].imshow(label_to_rgb(item["query_labels"][q], N), interpolation="nearest")
-        row[2].set_title("episode ground truth\n(0 background, w for way w)", fontsize=9)
-    handles = _label_legend(names)
-    legend_h = 0.22 * math.ceil(len(handles) / 2) + 0.15  # inches kept free under the panels
-    fig.set_figheight(size * (N + Q) + legend_h + 0.35)
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    split = "held-out" if state["split"] == "test" else "training"
-    fig.suptitle(f"fold {state['fold']} ({split} classes): {N}-way {K}-shot, seed {state['seed']}, "
-                 f"episode {state['index']}", fontsize=10)
-    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
-    return fig
 
 
 # ----------------------------------------------------------------------------- similarity maps
@@ -232,7 +169,7 @@ def plot_similarity(maps: dict, item: dict, class_names: Sequence[str] | None = 
         ax.axis("off")
     for w in range(N):
         for j in range(k):
-            _support_panel(s_axes[w * k + j], item["support_images"][w, j], item["support_fg"][w, j], w, N,
+            support_panel(s_axes[w * k + j], item["support_images"][w, j], item["support_fg"][w, j], w, N,
                            f"way {w + 1}, shot {j + 1}" if N * k <= 8 else f"w{w + 1} s{j + 1}")
     axes = bottom.subplots(2, cols, squeeze=False)
     label = item["query_labels"][query]

@@ -5,7 +5,7 @@ from panet_lite.cli import main
 
 
 def test_demo_json_report(capsys):
-    # A short run: the full demo (1,200 steps of 4 episodes, the figures in the README) takes minutes.
+    # A short run: the full demo (600 steps of 8 episodes, the figures in the README) takes minutes.
     assert main(["demo", "--steps", "20", "--test-episodes", "10", "--n-images", "200", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     report = json.loads(out[-1])

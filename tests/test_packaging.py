@@ -19,7 +19,8 @@ def _name(req: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_deps = {_name(d) for d in project["dependencies"] + project["optional-dependencies"]["test"]}
+    extras = project["optional-dependencies"]
+    pip_deps = {_name(d) for d in project["dependencies"] + extras["course"] + extras["test"]}
     lines = (ROOT / "environment.yml").read_text().splitlines()
     start = lines.index("  - pip:")
     conda_pip = {_name(l.strip()[2:]) for l in lines[start + 1:] if l.strip().startswith("- ")}
@@ -94,3 +95,14 @@ def test_gitignore_ignores_what_prepare_writes_under_data_only():
                        "data/pascal/VOCtrainval_11-May-2012.tar", "data/coco/train2014.zip",
                        "data/coco/panet_lite_lists/train2014/class1.txt", "data/VOCdevkit/VOC2012/x.png"):
         assert ignored(downloaded), downloaded
+
+
+def test_the_command_line_needs_no_course_extra():
+    # `pip install panet_lite` without [course] must run prepare / train / test / reproduce.
+    code = ("import sys; import panet_lite, panet_lite.cli, panet_lite.reproduce, panet_lite.pascal, panet_lite.coco; "
+            "panet_lite.cli.build_parser(); "
+            "print(sorted(m for m in ('ipywidgets', 'seaborn', 'jupyterlab', 'ipykernel', 'nbconvert') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -51,3 +51,10 @@ def test_links_stay_inside_the_project():
                 continue
             resolved = (path.parent / target.split("#")[0]).resolve()
             assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{path.name}: broken link {target}"
+
+
+def test_every_module_of_the_package_is_in_the_readme_layout():
+    layout = README.split("## Layout", 1)[1].split("```")[1]
+    package = Path(__file__).resolve().parents[1] / "panet_lite"
+    modules = sorted(p.name for p in package.glob("*.py") if not p.name.startswith("__"))
+    assert [m for m in modules if m not in layout] == []
