@@ -15,7 +15,7 @@ from .episodes import EpisodeDataset
 from .metrics import IoUMeter, mean_std
 from .model import PANet
 from .options import none_or, option
-from .runtime import autocast, resolve_device
+from .runtime import DEVICE_HELP, autocast, resolve_device
 
 
 PROTOCOLS = ("faithful", "standard")
@@ -37,7 +37,7 @@ class EvalConfig:
                                        "resized, the authors' meter); standard: the val images at their original "
                                        "size, corrected meter", choices=PROTOCOLS)
     batch_size: int = option(1, "episodes per forward pass (results do not depend on it)")
-    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA")
     workers: int = option(0, "DataLoader worker processes")
     save_episodes: str | None = option(None, "file to write the drawn episodes (image ids) to, as JSON; none "

@@ -161,29 +161,24 @@ def _ensure_sbd(sbd: Path, download: bool, url: str | None, md5: str | None, pro
     if sbd_complete(sbd):
         return False
     extracted = sbd / "benchmark_RELEASE" / "dataset"
-    if any((sbd / item).exists() for item in SBD_ITEMS):
-        # An earlier run was interrupted while moving the extracted items (each move is a rename):
-        # the extraction was complete, so finish the moves.
-        for item in SBD_ITEMS:
-            if not (sbd / item).exists():
-                if not (extracted / item).exists():
-                    raise DataError(f"SBD at {sbd} is incomplete ({item} missing); delete {sbd} and run "
-                                    f"`{prepare_hint(sbd.parent)}` again.")
-                shutil.move(str(extracted / item), str(sbd / item))
-        return False
-    if not download:
-        raise DataError(f"SBD not found at {sbd} (needed to build SegmentationClassAug). Run "
-                        f"`{prepare_hint(sbd.parent)}` to download it (1.4 GB), or extract benchmark.tgz "
-                        f"({SBD_ARCHIVE.url}) and move benchmark_RELEASE/dataset/* to {sbd}.")
-    url, archive = url or SBD_ARCHIVE.url, sbd / SBD_ARCHIVE.filename
-    download_archive(url, archive, md5 or SBD_ARCHIVE.md5, progress)
-    extract(archive, sbd)
-    for item in SBD_ITEMS:  # benchmark_RELEASE/dataset/* -> sbd/, as torchvision's SBDataset lays it out
-        if not (extracted / item).exists():
-            raise DataError(f"{archive} (from {url}) did not contain benchmark_RELEASE/dataset/{item}; "
-                            f"check the URL.")
-        shutil.move(str(extracted / item), str(sbd / item))
-    return True
+    fetched = not any((sbd / item).exists() for item in SBD_ITEMS)
+    if fetched:
+        if not download:
+            raise DataError(f"SBD not found at {sbd} (needed to build SegmentationClassAug). Run "
+                            f"`{prepare_hint(sbd.parent)}` to download it (1.4 GB), or extract benchmark.tgz "
+                            f"({SBD_ARCHIVE.url}) and move benchmark_RELEASE/dataset/* to {sbd}.")
+        archive = sbd / SBD_ARCHIVE.filename
+        download_archive(url or SBD_ARCHIVE.url, archive, md5 or SBD_ARCHIVE.md5, progress)
+        extract(archive, sbd)
+    # benchmark_RELEASE/dataset/* -> sbd/, as torchvision's SBDataset lays it out. Each move is a
+    # rename, so a run interrupted between them left a complete extraction: this finishes the moves.
+    for item in SBD_ITEMS:
+        if not (sbd / item).exists():
+            if not (extracted / item).exists():
+                raise DataError(f"SBD at {sbd} is incomplete ({item} missing); delete {sbd} and run "
+                                f"`{prepare_hint(sbd.parent)}` again.")
+            shutil.move(str(extracted / item), str(sbd / item))
+    return fetched
 
 
 # ----------------------------------------------------------------------------- mask building

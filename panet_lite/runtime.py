@@ -5,6 +5,8 @@ import contextlib
 
 import torch
 
+DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"  # the --device option of every config
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" = cuda if PyTorch sees a GPU, else cpu; "cuda" without a GPU is an error that says so."""

@@ -16,7 +16,7 @@ from .data import IGNORE, SegmentationSource
 from .encoders import BACKBONES
 from .episodes import EpisodeDataset
 from .model import PANet
-from .runtime import autocast, resolve_device
+from .runtime import DEVICE_HELP, autocast, resolve_device
 from .options import none_or, option, parse_bool_or_path, parse_int_tuple
 
 
@@ -47,7 +47,7 @@ class TrainConfig:
     flip: bool = option(True, "random horizontal flip of every image, p = 0.5")
     faithful: bool = option(True, "255 borders count as support background, as in the authors' code")
     seed: int = option(1234, "seed of the initial weights and of the training episodes")
-    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
     channels_last: bool = option(False, "channels-last memory format for convolutions (faster on GPU and CPU)")
     workers: int = option(0, "DataLoader worker processes")
