@@ -7,11 +7,12 @@ import math
 import sys
 import warnings
 from dataclasses import replace
+from inspect import signature
 
 from .demo import DemoConfig
 from .evaluate import EvalConfig
 from .options import add_options, parse_int_tuple, pick
-from .sources import DATASETS, PREPARE_CHOICES
+from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
 from .train import TrainConfig
 
 COMMANDS = {
@@ -31,7 +32,25 @@ def _data_args(p: argparse.ArgumentParser, fold_required: bool = True) -> None:
     if fold_required:
         p.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0,1,2,3}",
                        help="the fold whose classes are held out: trained without, tested on")
-    p.add_argument("--synthetic-size", type=int, default=96, help="image side of the embedded dataset (default: %(default)s)")
+    for entry in REGISTRY.values():  # options of one dataset only, e.g. --synthetic-size
+        for name, (kind, text) in entry.options.items():
+            default = signature(entry.opener).parameters[name].default
+            p.add_argument(entry.flag(name), dest=f"{entry.name}_{name}", type=kind, default=None,
+                           help=f"{text}; --dataset {entry.name} only (default: {default})")
+
+
+def _dataset_options(args) -> dict:
+    """The options of the chosen dataset that were given; another dataset's option is an error."""
+    chosen = {}
+    for entry in REGISTRY.values():
+        for name in entry.options:
+            value = getattr(args, f"{entry.name}_{name}")
+            if value is None:
+                continue
+            if entry.name != args.dataset:
+                raise ValueError(f"{entry.flag(name)} applies to --dataset {entry.name} only, not {args.dataset}")
+            chosen[name] = value
+    return chosen
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +178,7 @@ def cmd_train(args) -> int:
 
     cfg = pick(args, TrainConfig)
     out = args.out or run_dir(f"runs/{args.dataset}", args.fold, cfg.shots, cfg.ways)
-    source = open_source(args.dataset, args.root, split_for(args.dataset, "train"), args.synthetic_size)
+    source = open_source(args.dataset, args.root, split_for(args.dataset, "train"), _dataset_options(args))
     train(source, benchmark(args.dataset).train_classes(args.fold), cfg, out=out)
     print(f"checkpoint: {out}/checkpoint.pt")
     return 0
@@ -179,7 +198,7 @@ def cmd_test(args) -> int:
         name = standard_episodes_name(args.fold, cfg.shots, cfg.ways)
         cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/{name}")
     # The data first: a missing or unprepared --root fails before any weights are loaded.
-    source = open_source(args.dataset, args.root, split_for(args.dataset, cfg.protocol), args.synthetic_size)
+    source = open_source(args.dataset, args.root, split_for(args.dataset, cfg.protocol), _dataset_options(args))
     model = PANet(args.backbone, pretrained=True) if args.notrain else load_model(args.checkpoint)
     result = evaluate(model, source, benchmark(args.dataset).test_classes(args.fold), cfg, progress=not args.json)
     print(f"{cfg.protocol} protocol, fold {args.fold}, {cfg.ways}-way {cfg.shots}-shot, "
@@ -204,7 +223,7 @@ def cmd_reproduce(args) -> int:
     train_cfg, eval_cfg = pick(args, TrainConfig), pick(args, EvalConfig)
     out = args.out or f"runs/{args.dataset}"
     table = reproduce(args.dataset, args.root, out, train_cfg, eval_cfg, folds, shots,
-                      synthetic_size=args.synthetic_size)
+                      options=_dataset_options(args))
     print(markdown(table))
     print(f"written to {out}/table.md and {out}/table.json")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .evaluate import EvalConfig, evaluate
 from .paper import paper_result
@@ -31,13 +31,14 @@ def standard_episodes_name(fold: int, shots: int, ways: int = 1) -> str:
 
 
 def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainConfig, eval_cfg: EvalConfig,
-                   out: Path, progress: bool = True, synthetic_size: int = 96) -> dict:
+                   out: Path, progress: bool = True, options: Mapping | None = None) -> dict:
     """One cell of the table: train (or resume, or load) the model of (fold, shots), then test it.
 
     Returns the row written to `out/foldF-Nway-Kshot/results-PROTOCOL.json`. A row found there
     for the same training recipe, step count and test settings is returned without any work; a
     complete checkpoint is tested without training; an interrupted run resumes from its checkpoint.
-    The standard protocol also saves its episodes (image ids) beside the results.
+    The standard protocol also saves its episodes (image ids) beside the results. `options` are
+    the dataset's own (`sources.Dataset.options`, e.g. {"size": 64} for the embedded dataset).
     """
     bench = benchmark(dataset)
     d = run_dir(out, fold, shots, train_cfg.ways)
@@ -50,9 +51,9 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
         row = json.loads(results.read_text())
         if _same_setting(row, train_cfg, eval_cfg):
             return row
-    source = open_source(dataset, root, split_for(dataset, "train"), synthetic_size)
+    source = open_source(dataset, root, split_for(dataset, "train"), options)
     model, _ = train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)  # or load, if done
-    test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), synthetic_size)
+    test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), options)
     result = evaluate(model, test_source, bench.test_classes(fold), eval_cfg, progress=progress)
     row = {"dataset": dataset, "fold": fold, "shots": shots, "ways": train_cfg.ways, **result.as_dict(),
            "train_config": asdict(train_cfg), "eval_config": asdict(eval_cfg)}
@@ -76,14 +77,14 @@ def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig) -> bo
 
 def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_cfg: EvalConfig,
               folds: Sequence[int] = (0, 1, 2, 3), shots: Sequence[int] = (1, 5), progress: bool = True,
-              synthetic_size: int = 96, compare: bool | None = None) -> dict:
+              options: Mapping | None = None, compare: bool | None = None) -> dict:
     """Train and test every (fold, shots) model, then write `table.md` and `table.json` to `out`.
 
     `compare` is passed to `summarize`: whether the table sets the paper's numbers beside ours.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, synthetic_size)
+    rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, options)
             for k in shots for f in folds]
     table = summarize(dataset, rows, train_cfg.ways, compare)
     (out / "table.json").write_text(json.dumps(table, indent=1))

@@ -7,28 +7,28 @@ with and which `prepare` command builds its data. The command line takes its cho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from .data import COCO20I, PASCAL5I, Benchmark, SegmentationSource
 
 ROLES = ("train", "faithful", "standard")
 
 
-def _open_pascal(root: Path, split: str, size: int) -> SegmentationSource:
+def _open_pascal(root: Path, split: str) -> SegmentationSource:
     from .pascal import PascalVOC
 
     return PascalVOC(root, split)
 
 
-def _open_coco(root: Path, split: str, size: int) -> SegmentationSource:
+def _open_coco(root: Path, split: str) -> SegmentationSource:
     from .coco import COCOSource
 
     return COCOSource(root, split)
 
 
-def _open_synthetic(root: Path | None, split: str, size: int, n_images: int = 2000) -> SegmentationSource:
+def _open_synthetic(root: Path | None, split: str, size: int = 96, n_images: int = 2000) -> SegmentationSource:
     from .synthetic import SyntheticFewShot
 
     return SyntheticFewShot(split, n_images if split == "trainaug" else n_images // 2, size)
@@ -42,22 +42,33 @@ class Dataset:
     title: str  # as figures and tables print it
     classes: Benchmark  # class names and the held-out classes of each fold (data/folds.json)
     splits: dict[str, str]  # role ("train", "faithful", "standard") -> split name
-    opener: Callable[..., SegmentationSource]  # (root, split, size) -> source
+    opener: Callable[..., SegmentationSource]  # (root, split, **options) -> source
     paper: str | None  # the dataset of the paper's rows it is compared with; None: never compared
     prepare: str | None  # `python -m panet_lite prepare <this>` builds its root; None: needs no data
+    # Options only this dataset has: name -> (type, help); the default is the opener's. The command
+    # line spells them --NAME-OPTION (e.g. --synthetic-size).
+    options: dict[str, tuple[type, str]] = field(default_factory=dict)
 
     def split(self, role: str) -> str:
         if role not in self.splits:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         return self.splits[role]
 
-    def open(self, root: str | Path | None, split: str, size: int = 96) -> SegmentationSource:
-        """The image source of one split; `root` is the prepared data directory, `size` the embedded
-        dataset's image side (real datasets keep their images' sizes)."""
+    def flag(self, option: str) -> str:
+        return f"--{self.name}-{option}".replace("_", "-")
+
+    def open(self, root: str | Path | None, split: str, options: Mapping | None = None) -> SegmentationSource:
+        """The image source of one split; `root` is the prepared data directory, `options` this dataset's
+        own options (e.g. {"size": 64} for the embedded dataset; real datasets keep their images' sizes)."""
         if self.prepare is not None and root is None:
             raise ValueError(f"--root is required for {self.name}: the directory you prepared with "
                              f"`python -m panet_lite prepare {self.prepare} --root DIR`")
-        return self.opener(None if root is None else Path(root), split, size)
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise ValueError(f"{self.name} has no option {', '.join(unknown)} (its options: {known})")
+        return self.opener(None if root is None else Path(root), split, **options)
 
 
 # The faithful protocol tests on the *training* images of the held-out classes: the authors'
@@ -68,7 +79,7 @@ REGISTRY: dict[str, Dataset] = {d.name: d for d in (
     Dataset("coco20i", "COCO-20i", COCO20I, {"train": "train2014", "faithful": "train2014", "standard": "val2014"},
             _open_coco, paper="coco20i", prepare="coco"),
     Dataset("synthetic", "embedded dataset", PASCAL5I, {"train": "trainaug", "faithful": "trainaug", "standard": "val"},
-            _open_synthetic, paper=None, prepare=None),
+            _open_synthetic, paper=None, prepare=None, options={"size": (int, "image side of the embedded dataset")}),
 )}
 DATASETS = tuple(REGISTRY)
 PREPARE_CHOICES = tuple(d.prepare for d in REGISTRY.values() if d.prepare)
@@ -86,9 +97,10 @@ def benchmark(name: str) -> Benchmark:
     return dataset(name).classes
 
 
-def open_source(name: str, root: str | Path | None, split: str, synthetic_size: int = 96) -> SegmentationSource:
-    """The image source of one split of a dataset (`root` is unused for the embedded dataset)."""
-    return dataset(name).open(root, split, synthetic_size)
+def open_source(name: str, root: str | Path | None, split: str, options: Mapping | None = None) -> SegmentationSource:
+    """The image source of one split of a dataset (`root` is unused for the embedded dataset;
+    `options` are the dataset's own, see `Dataset.options`)."""
+    return dataset(name).open(root, split, options)
 
 
 def split_for(name: str, role: str) -> str:

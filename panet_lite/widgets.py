@@ -362,7 +362,32 @@ class EpisodeBrowser(_View):
         return plot_episode(self.state)
 
 
-class SimilarityMapWidget(_View):
+class _EncodedEpisodeView(_View):
+    """A view of one test episode drawn with `max_shots` shots and encoded once: controls for the seed,
+    the episode index, the ways and the shots used (the first k, so the query stays while k changes)."""
+
+    def _episode_controls(self, model: PANet, source: SegmentationSource, fold: int, ways: int, shots: int,
+                          seed: int, index: int, max_shots: int, size: int | None) -> list:
+        self.model, self.source, self.fold, self.max_shots, self.size = model, source, fold, max_shots, size
+        self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed",
+                                           layout=widgets.Layout(width="160px"))
+        self.index = _slider(widgets.IntSlider, "episode", index, 0, 99)
+        self.ways = _slider(widgets.IntSlider, "ways (N)", ways, 1, 3)
+        self.shots = _slider(widgets.IntSlider, "shots (K)", shots, 1, max_shots)
+        self._cache: tuple | None = None
+        return [self.seed, self.index, self.ways, self.shots]
+
+    def episode(self):
+        """(Episode, item, features) of the current seed / index / ways, encoded once and cached."""
+        key = (self.seed.value, self.index.value, self.ways.value)
+        if self._cache is None or self._cache[0] != key:
+            episode, item = load_episode(self.source, fold_classes(self.fold, self.source.num_classes), self.ways.value,
+                                         self.max_shots, self.seed.value, self.index.value, size=self.size)
+            self._cache = (key, episode, item, encode_episode(self.model, item))
+        return self._cache[1:]
+
+
+class SimilarityMapWidget(_EncodedEpisodeView):
     """PANet's matching, live: pick an episode (seed, index), the number of ways, the number of
     shots and alpha; see every prototype's similarity map over the query, the prediction and its IoU.
 
@@ -375,25 +400,10 @@ class SimilarityMapWidget(_View):
     def __init__(self, model: PANet, source: SegmentationSource, fold: int = 0, ways: int = 1, shots: int = 1,
                  alpha: float = ALPHA, seed: int = 1234, index: int = 0, max_shots: int = MAX_SHOTS,
                  size: int | None = None) -> None:
-        self.model, self.source, self.fold, self.max_shots, self.size = model, source, fold, max_shots, size
-        self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed",
-                                           layout=widgets.Layout(width="160px"))
-        self.index = _slider(widgets.IntSlider, "episode", index, 0, 99)
-        self.ways = _slider(widgets.IntSlider, "ways (N)", ways, 1, 3)
-        self.shots = _slider(widgets.IntSlider, "shots (K)", shots, 1, max_shots)
+        controls = self._episode_controls(model, source, fold, ways, shots, seed, index, max_shots, size)
         self.alpha = _slider(widgets.FloatLogSlider, "alpha", alpha, -1, 2, step=0.05, base=10,
                              readout_format=".3g")
-        self._cache: tuple | None = None
-        self._start([self.seed, self.index, self.ways, self.shots, self.alpha])
-
-    def episode(self):
-        """(Episode, item, features) of the current seed / index / ways, encoded once and cached."""
-        key = (self.seed.value, self.index.value, self.ways.value)
-        if self._cache is None or self._cache[0] != key:
-            episode, item = load_episode(self.source, fold_classes(self.fold, self.source.num_classes), self.ways.value,
-                                         self.max_shots, self.seed.value, self.index.value, size=self.size)
-            self._cache = (key, episode, item, encode_episode(self.model, item))
-        return self._cache[1:]
+        self._start(controls + [self.alpha])
 
     def compute(self) -> dict:
         episode, item, features = self.episode()
@@ -413,7 +423,7 @@ class SimilarityMapWidget(_View):
         return fig
 
 
-class PrototypeProjection(_View):
+class PrototypeProjection(_EncodedEpisodeView):
     """Query pixel features and the prototypes in a 2-D PCA plane, coloured by the ground truth.
 
     Controls: seed, episode index, ways, shots (first k of a `max_shots` draw, as in
@@ -424,23 +434,12 @@ class PrototypeProjection(_View):
     def __init__(self, model: PANet, source: SegmentationSource, fold: int = 0, ways: int = 1, shots: int = 1,
                  seed: int = 1234, index: int = 0, normalize: bool = True, max_shots: int = MAX_SHOTS,
                  size: int | None = None) -> None:
-        self.model, self.source, self.fold, self.max_shots, self.size = model, source, fold, max_shots, size
-        self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed",
-                                           layout=widgets.Layout(width="160px"))
-        self.index = _slider(widgets.IntSlider, "episode", index, 0, 99)
-        self.ways = _slider(widgets.IntSlider, "ways (N)", ways, 1, 3)
-        self.shots = _slider(widgets.IntSlider, "shots (K)", shots, 1, max_shots)
+        controls = self._episode_controls(model, source, fold, ways, shots, seed, index, max_shots, size)
         self.normalize = widgets.Checkbox(value=normalize, description="unit length (cosine view)", indent=False)
-        self._cache: tuple | None = None
-        self._start([self.seed, self.index, self.ways, self.shots, self.normalize])
+        self._start(controls + [self.normalize])
 
     def compute(self) -> dict:
-        key = (self.seed.value, self.index.value, self.ways.value)
-        if self._cache is None or self._cache[0] != key:
-            _, item = load_episode(self.source, fold_classes(self.fold, self.source.num_classes), self.ways.value,
-                                   self.max_shots, self.seed.value, self.index.value, size=self.size)
-            self._cache = (key, item, encode_episode(self.model, item))
-        _, self.item, features = self._cache
+        _, self.item, features = self.episode()
         self.state = project_features(self.model, self.item, self.shots.value, self.normalize.value, features)
         self.state["class_ids"] = self.item["class_ids"].tolist()
         return self.state

@@ -183,7 +183,8 @@ def test_reproduce_writes_the_table_beside_the_paper_and_skips_done_work(voc_roo
     assert (d / "checkpoint.pt").stat().st_mtime_ns == trained_at
 
 
-@pytest.mark.parametrize("case", ["missing root", "unprepared root", "missing checkpoint", "no checkpoint"])
+@pytest.mark.parametrize("case", ["missing root", "unprepared root", "missing checkpoint", "no checkpoint",
+                                  "another dataset's option"])
 def test_bad_input_exits_2_with_one_clear_line(case, voc_root, tmp_path, capsys):
     checkpoint = ["--checkpoint", str(tmp_path / "nope.pt")]
     args = {
@@ -191,12 +192,14 @@ def test_bad_input_exits_2_with_one_clear_line(case, voc_root, tmp_path, capsys)
         "unprepared root": ["train", "--dataset", "pascal5i", "--root", str(tmp_path), "--fold", "0"],
         "missing checkpoint": ["test", *data_args(voc_root), *checkpoint],
         "no checkpoint": ["test", *data_args(voc_root)],
+        "another dataset's option": ["test", *data_args(voc_root), "--notrain", "--synthetic-size", "40"],
     }[case]
     expected = {
         "missing root": "--root is required for pascal5i",
         "unprepared root": f"PASCAL VOC is not prepared in {tmp_path}",
         "missing checkpoint": f"checkpoint not found: {tmp_path / 'nope.pt'}",
         "no checkpoint": "give --checkpoint RUN/checkpoint.pt, or --notrain",
+        "another dataset's option": "--synthetic-size applies to --dataset synthetic only, not pascal5i",
     }[case]
     assert main(args) == 2
     assert expected in one_error_line(capsys)

@@ -35,10 +35,12 @@ def test_each_entry_names_its_classes_splits_and_published_rows():
 
 
 def test_opening_a_split():
-    source = open_source("synthetic", None, "val", synthetic_size=40)
+    source = open_source("synthetic", None, "val", {"size": 40})
     assert isinstance(source, SyntheticFewShot) and (source.split, source.size, source.n_images) == ("val", 40, 1000)
     with pytest.raises(ValueError, match="--root is required for coco20i.*prepare coco --root DIR"):
         open_source("coco20i", None, "train2014")
+    with pytest.raises(ValueError, match=r"pascal5i has no option size \(its options: none\)"):
+        open_source("pascal5i", "/nonexistent", "val", {"size": 40})
 
 
 def test_a_pipeline_check_names_the_dataset_by_its_registered_title():
