@@ -11,7 +11,7 @@ from inspect import signature
 
 from .demo import DemoConfig
 from .evaluate import EvalConfig
-from .options import add_options, parse_int_tuple, pick
+from .options import add_options, int_tuple, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
 from .train import TrainConfig
 
@@ -85,13 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, EvalConfig)
     p.add_argument("--checkpoint", help="checkpoint.pt written by `train`")
     p.add_argument("--notrain", action="store_true", help="no checkpoint: ImageNet features only (paper's baseline)")
-    p.add_argument("--backbone", default="vgg16", help="encoder for --notrain (default: %(default)s)")
+    p.add_argument("--backbone", default="vgg16", choices=("vgg16", "resnet50"),
+                   help="encoder for --notrain (default: %(default)s)")
+    p.add_argument("--allow-seen-classes", action="store_true",
+                   help="test a checkpoint on a fold whose classes it was trained on (refused by default: such "
+                        "a number is not a few-shot result; the report says so)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
 
     p = sub.add_parser("reproduce", help=COMMANDS["reproduce"], description=COMMANDS["reproduce"])
     _data_args(p, fold_required=False)
-    p.add_argument("--folds", default=(0, 1, 2, 3), type=parse_int_tuple, help="comma-separated folds (default: 0,1,2,3)")
-    p.add_argument("--shot-list", default=(1, 5), type=parse_int_tuple, help="comma-separated shot counts (default: 1,5)")
+    p.add_argument("--folds", default=(0, 1, 2, 3), type=int_tuple(0, 3), help="comma-separated folds (default: 0,1,2,3)")
+    p.add_argument("--shot-list", default=(1, 5), type=int_tuple(1), help="comma-separated shot counts (default: 1,5)")
     p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
     # --size, --device, --amp, --batch-size and --workers apply to training and testing alike; --seed is
     # the training seed and --test-seed the test sampler's, so a new training seed keeps the test episodes.
@@ -137,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             # Bad input and missing data end with one clear line, not a traceback.
             return _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
         except KeyboardInterrupt:
-            return _fail("interrupted; rerun the same command to resume from the last checkpoint")
+            _fail("interrupted; rerun the same command to go on (training resumes from its last checkpoint, "
+                  "prepare keeps the work it finished)")
+            return 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def cmd_demo(args) -> int:
@@ -189,7 +195,7 @@ def cmd_test(args) -> int:
     from .model import PANet
     from .reproduce import standard_episodes_name
     from .sources import benchmark, open_source, split_for
-    from .train import load_model
+    from .train import load_checkpoint, model_from_checkpoint
 
     cfg = pick(args, EvalConfig)
     if not (args.notrain or args.checkpoint):
@@ -199,8 +205,15 @@ def cmd_test(args) -> int:
         cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/{name}")
     # The data first: a missing or unprepared --root fails before any weights are loaded.
     source = open_source(args.dataset, args.root, split_for(args.dataset, cfg.protocol), _dataset_options(args))
-    model = PANet(args.backbone, pretrained=True) if args.notrain else load_model(args.checkpoint)
-    result = evaluate(model, source, benchmark(args.dataset).test_classes(args.fold), cfg, progress=not args.json)
+    bench = benchmark(args.dataset)
+    seen: list[int] = []
+    if args.notrain:
+        model = PANet(args.backbone, pretrained=True)
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+        seen = seen_classes(ckpt, bench, args.fold, args.checkpoint, args.allow_seen_classes)
+        model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    result = evaluate(model, source, bench.test_classes(args.fold), cfg, progress=not args.json)
     print(f"{cfg.protocol} protocol, fold {args.fold}, {cfg.ways}-way {cfg.shots}-shot, "
           f"{cfg.runs} x {cfg.episodes} episodes")
     print(f"  mIoU   {100 * result.miou:.1f} ± {100 * result.miou_std:.1f}")
@@ -211,9 +224,28 @@ def cmd_test(args) -> int:
         print(f"  (nan: a test class appeared in no episode; use more than {cfg.episodes} --episodes)")
     if cfg.save_episodes:
         print(f"  episodes saved to {cfg.save_episodes}")
+    if seen:
+        print(f"  NOT a few-shot result: the checkpoint was trained on test classes {seen} (--allow-seen-classes)")
     if args.json:
-        print(_json_line(result.as_dict()))
+        print(_json_line({**result.as_dict(), "seen_classes": seen}))
     return 0
+
+
+def seen_classes(ckpt: dict, bench, fold: int, path, allow: bool) -> list[int]:
+    """The fold's test classes that a checkpoint was trained on; refused unless `allow`.
+
+    A checkpoint records its training classes; one from another fold (or from no fold split at all)
+    would report mIoU on classes it has seen, which is not a few-shot number.
+    """
+    trained = set(ckpt.get("classes", ()))
+    seen = sorted(trained & set(bench.test_classes(fold)))
+    if seen and not allow:
+        owner = [f for f in range(bench.n_folds) if set(bench.train_classes(f)) == trained]
+        whose = f"it is the model of fold {owner[0]}: test it with --fold {owner[0]}" if owner else \
+            "it belongs to no fold"
+        raise ValueError(f"{path} was trained on classes {seen}, which fold {fold} tests on, so its mIoU would not "
+                         f"be a few-shot result; {whose}, or pass --allow-seen-classes to measure it anyway")
+    return seen
 
 
 def cmd_reproduce(args) -> int:

@@ -5,14 +5,18 @@ import contextlib
 import io
 import json
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .data import FOLDS_FILE, SegmentationSource, read_data_json
-from .files import DataError, fetch_once, prepare_hint, read_ids, read_rgb, write_text_if_changed
+from .files import (DataError, FolderLock, ensure_folder, fetch_once, image_size, prepare_hint, read_ids,
+                    read_rgb, write_text_if_changed)
 
 COCO_SPLITS = ("train2014", "val2014")
 LISTS_DIR = "panet_lite_lists"  # root/panet_lite_lists/<split>/{index.json, images.txt, class<N>.txt}
@@ -73,6 +77,25 @@ def _check_annotations(coco, annotation_file: Path, image_dir: Path) -> None:
                         f"`{prepare_hint(image_dir.parent, 'coco')}` again.")
 
 
+def _check_images(coco, annotation_file: Path, image_dir: Path, progress: bool) -> None:
+    """Decode every image once, and compare its size with its annotation's: a file cut short (its
+    header still reads) fails here, during `prepare`, not hours into training."""
+    def check(info: dict) -> None:
+        path = image_dir / info["file_name"]
+        fix = (f"replace it with the original from the {image_dir.name}.zip archive (or delete {image_dir} "
+               f"and run `{prepare_hint(image_dir.parent, 'coco')}` again)")
+        height, width = image_size(path, fix)
+        if (height, width) != (info["height"], info["width"]):
+            raise DataError(f"image {path} is {width}x{height} but {annotation_file.name} says "
+                            f"{info['width']}x{info['height']}; {fix}")
+
+    infos = list(coco.imgs.values())
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        for _ in tqdm(pool.map(check, infos), total=len(infos), desc=f"decode {image_dir.name}", unit="img",
+                      disable=not progress):
+            pass
+
+
 def coco20i_categories() -> list[tuple[int, str]]:
     """COCO-20i's 80 (category id, name) pairs in ascending id order, from data/folds.json."""
     entry = read_data_json(FOLDS_FILE)["coco20i"]
@@ -88,6 +111,9 @@ def _check_categories(coco, annotation_file: Path) -> None:
     """
     want = coco20i_categories()
     got = [(c, coco.cats[c]["name"]) for c in sorted(coco.cats)]
+    if len(got) != len(want):
+        warnings.warn(f"{annotation_file} has {len(got)} categories, not COCO 2014's {len(want)}: it is prepared "
+                      f"as it is (COCOSource reads it), but --dataset coco20i needs all {len(want)}")
     if len(got) == len(want) and got != want:
         (c, name), (want_c, want_name) = next((g, w) for g, w in zip(got, want) if g != w)
         raise DataError(f"{annotation_file} has {len(got)} categories but not COCO-20i's: its category {c} is "
@@ -96,7 +122,7 @@ def _check_categories(coco, annotation_file: Path) -> None:
                         f"`{prepare_hint(annotation_file.parents[1], 'coco')}` again.")
 
 
-def build_class_lists(root: Path, split: str) -> dict:
+def build_class_lists(root: Path, split: str, progress: bool = False) -> dict:
     """Write root/panet_lite_lists/<split>/: images.txt, class<N>.txt (sorted stems), index.json.
 
     Class N is the N-th category id in ascending order. An image is in a class's list if it
@@ -114,6 +140,7 @@ def build_class_lists(root: Path, split: str) -> dict:
     coco = load_coco_api(annotation_file)
     _check_categories(coco, annotation_file)
     _check_annotations(coco, annotation_file, root / split)
+    _check_images(coco, annotation_file, root / split, progress)
     category_ids = sorted(coco.cats)
     stem_of = {image_id: Path(info["file_name"]).stem for image_id, info in coco.imgs.items()}
     write_text_if_changed(out / "images.txt", "".join(f"{s}\n" for s in sorted(stem_of.values())))
@@ -134,8 +161,12 @@ def prepare_coco(root: str | Path, download: bool = True, urls: dict | None = No
     official zips extract. `urls` overrides archives by name ("annotations", "train2014",
     "val2014"): a URL, or a (URL, md5) pair. Safe to re-run. Returns a report per split.
     """
-    root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_folder(Path(root).expanduser(), "data folder (--root)")
+    with FolderLock(root, "a `prepare coco` on this folder"):
+        return _prepare_coco(root, download, urls, progress)
+
+
+def _prepare_coco(root: Path, download: bool, urls: dict | None, progress: bool) -> dict:
     downloaded = []
     for name, (url, md5) in _archive_sources(urls).items():
         archive = root / Path(urlparse(url).path).name
@@ -145,7 +176,7 @@ def prepare_coco(root: str | Path, download: bool = True, urls: dict | None = No
             downloaded.append(name)
     report: dict = {"downloaded": downloaded}
     for split in COCO_SPLITS:
-        index = build_class_lists(root, split)
+        index = build_class_lists(root, split, progress)
         report[split] = {"images": index["images"], "classes": len(index["category_ids"])}
     return report
 

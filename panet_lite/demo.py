@@ -8,7 +8,7 @@ import torch
 
 from .data import fold_classes, train_classes
 from .evaluate import EvalConfig, evaluate
-from .options import option
+from .options import check_options, option
 from .synthetic import SyntheticFewShot
 from .train import TrainConfig, build_model, train
 
@@ -17,18 +17,22 @@ from .train import TrainConfig, build_model, train
 class DemoConfig:
     """A CPU-sized version of the paper's recipe; under 3 minutes on 2 cores."""
 
-    fold: int = option(0, "the unseen fold, 0..3: its 5 classes are never trained on")
-    steps: int = option(600, "training steps, 1-shot")
+    fold: int = option(0, "the unseen fold, 0..3: its 5 classes are never trained on", choices=(0, 1, 2, 3))
+    steps: int = option(600, "training steps, 1-shot", at_least=1)
     batch_size: int = option(8, "episodes per step (the paper: 1); on a CPU an episode costs about the same in a "
-                                "batch of 8 as of 4, and 8 average out more gradient noise")
-    lr: float = option(0.03, "learning rate; higher than the paper's 1e-3, as the small encoder starts from scratch")
-    milestone: float = option(0.8, "the lr is divided by 10 after this fraction of the steps")
-    size: int = option(96, "image side of the embedded dataset")
-    n_images: int = option(2000, "images in the training split (the test split has half as many)")
-    test_episodes: int = option(500, "1-shot test episodes on the unseen fold (one run)")
-    seed: int = option(1234, "seed of the initial weights and of the training episodes")
-    test_seed: int = option(1234, "seed of the test episodes (kept when --seed changes)")
-    threads: int = option(2, "CPU threads for PyTorch")
+                                "batch of 8 as of 4, and 8 average out more gradient noise", at_least=1)
+    lr: float = option(0.03, "learning rate; higher than the paper's 1e-3, as the small encoder starts from "
+                             "scratch", at_least=0)
+    milestone: float = option(0.8, "the lr is divided by 10 after this fraction of the steps", at_least=0)
+    size: int = option(96, "image side of the embedded dataset", at_least=32)
+    n_images: int = option(2000, "images in the training split (the test split has half as many)", at_least=1)
+    test_episodes: int = option(500, "1-shot test episodes on the unseen fold (one run)", at_least=1)
+    seed: int = option(1234, "seed of the initial weights and of the training episodes", at_least=0)
+    test_seed: int = option(1234, "seed of the test episodes (kept when --seed changes)", at_least=0)
+    threads: int = option(2, "CPU threads for PyTorch", at_least=1)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:

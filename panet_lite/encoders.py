@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import load_torch_file
+
 # (out_channels, n_convs) of VGG-16's five blocks.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
@@ -103,7 +105,11 @@ class ResNet50Encoder(nn.Module):
         if pretrained:
             state = _fetch_state_dict(pretrained, "ResNet50_Weights", "IMAGENET1K_V1")
             if state is not None:
-                net.load_state_dict(state)
+                try:
+                    net.load_state_dict(state)
+                except RuntimeError:
+                    raise ValueError(f"--pretrained {pretrained}: not ResNet-50 ImageNet weights in torchvision's "
+                                     f"layout (resnet50-0676ba61.pth)") from None
         self.layer = layer
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
@@ -127,7 +133,15 @@ def _fetch_state_dict(pretrained: bool | str | Path, enum_name: str, member: str
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {path}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = load_torch_file(path, weights_only=True)
+        except ValueError as error:
+            raise ValueError(f"--pretrained: {error}; give torchvision's ImageNet file (e.g. vgg16-397923af.pth), "
+                             f"true to download it, or false") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"--pretrained {path} holds no state dict of tensors; give torchvision's ImageNet "
+                             f"file (e.g. vgg16-397923af.pth)")
+        return state
     import torchvision.models as tvm
 
     weights = getattr(getattr(tvm, enum_name), member)
@@ -159,7 +173,8 @@ def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = Tr
     tensors = list(state.values())[:26]
     params = list(encoder.parameters())
     if len(tensors) < 26 or any(t.shape != p.shape for t, p in zip(tensors, params)):
-        raise ValueError("the state dict does not start with VGG-16's 13 conv (weight, bias) pairs")
+        raise ValueError(f"--pretrained {pretrained}: the state dict does not start with VGG-16's 13 conv "
+                         f"(weight, bias) pairs; give torchvision's vgg16-397923af.pth")
     with torch.no_grad():
         for p, t in zip(params, tensors):
             p.copy_(t)
@@ -167,6 +182,10 @@ def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = Tr
 
 
 BACKBONES = ("vgg16", "resnet50", "small")
+OUTPUT_STRIDE = 8  # every encoder maps an n-pixel side to ceil(n / 8) feature pixels
+# The smallest image side with at least 2 feature pixels per side: on a 1 x 1 feature map the
+# foreground and background prototypes are the same vector, and training stalls at loss ln 2.
+MIN_IMAGE_SIZE = OUTPUT_STRIDE + 1
 
 
 def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_layer: str = "layer3") -> nn.Module:
@@ -180,6 +199,7 @@ def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_l
         return ResNet50Encoder(resnet_layer, pretrained)
     if backbone == "small":
         if pretrained:
-            raise ValueError("the small encoder has no ImageNet weights; use pretrained=False")
+            raise ValueError("the small encoder has no ImageNet weights: use pretrained=False (--pretrained false; "
+                             "`test --notrain` needs --backbone vgg16 or resnet50)")
         return SmallEncoder()
     raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")

@@ -39,12 +39,14 @@ def sample_episodes(class_lists: Sequence[Sequence[str]], n_episodes: int, n_way
     the first K supports (draw order), the rest queries, taken from the last one backwards.
     """
     if n_ways > len(class_lists):
-        raise ValueError(f"{n_ways}-way episodes need at least {n_ways} classes, got {len(class_lists)}")
+        raise ValueError(f"{n_ways}-way episodes need at least {n_ways} classes, got {len(class_lists)}; "
+                         f"use --ways {len(class_lists)} or fewer")
     rng = random.Random(seed)
     cnt = queries_per_way(rng, n_ways, n_queries)
     for i, images in enumerate(class_lists):
         if len(images) < n_shots + max(cnt):
-            raise ValueError(f"class list {i} has {len(images)} images; episodes need {n_shots + max(cnt)}")
+            raise ValueError(f"class list {i} has {len(images)} images; episodes need {n_shots + max(cnt)} "
+                             f"({n_shots} shots + {max(cnt)} queries)")
     episodes = []
     for _ in range(n_episodes):
         ways = rng.sample(range(len(class_lists)), k=n_ways)
@@ -113,6 +115,13 @@ class EpisodeDataset(Dataset):
         self.seed = seed
         if episodes is None:
             lists = source.class_lists(self.classes)
+            needed = n_shots + -(-n_queries // n_ways)  # the most images one way can take
+            short = [(c, len(ids)) for c, ids in zip(self.classes, lists) if len(ids) < needed]
+            if short:
+                c, n = short[0]
+                raise ValueError(f"class {c} ({source.class_names[c - 1]}) has {n} images in this split, but "
+                                 f"{n_shots}-shot episodes with {n_queries} queries need up to {needed} of one "
+                                 f"class; use fewer --shots or --queries, or more data")
             episodes = sample_episodes(lists, n_episodes, n_ways, n_shots, n_queries, seed)
         self.episodes = episodes
 

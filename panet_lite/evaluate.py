@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .data import SegmentationSource
+from .encoders import MIN_IMAGE_SIZE
 from .episodes import EpisodeDataset
+from .files import ensure_writable_file
 from .metrics import IoUMeter, mean_std
 from .model import PANet
-from .options import none_or, option
+from .options import check_options, none_or, option
 from .runtime import DEVICE_HELP, autocast, resolve_device
 
 
@@ -25,23 +27,27 @@ PROTOCOLS = ("faithful", "standard")
 class EvalConfig:
     """Defaults are the PANet-faithful protocol (docs/protocol.md, "Testing protocols and the metric")."""
 
-    ways: int = option(1, "classes per test episode (N)")
-    shots: int = option(1, "support images per class (K)")
-    queries: int = option(1, "query images per episode")
-    runs: int = option(5, "test runs; run r draws its episodes with test seed + r")
-    episodes: int = option(1000, "episodes per run")
-    seed: int = option(1234, "seed of the test episodes (the paper's: 1234, runs 1234..1238)", flag="test-seed")
+    ways: int = option(1, "classes per test episode (N)", at_least=1)
+    shots: int = option(1, "support images per class (K)", at_least=1)
+    queries: int = option(1, "query images per episode", at_least=1)
+    runs: int = option(5, "test runs; run r draws its episodes with test seed + r", at_least=1)
+    episodes: int = option(1000, "episodes per run", at_least=1)
+    seed: int = option(1234, "seed of the test episodes (the paper's: 1234, runs 1234..1238)", flag="test-seed",
+                       at_least=0)
     size: int | None = option(417, "model input side; the faithful protocol scores on the resized label too; "
-                                   "none keeps the source's size", parse=none_or(int))
+                                   "none keeps the source's size", parse=none_or(int), at_least=MIN_IMAGE_SIZE)
     protocol: str = option("faithful", "faithful: the paper's test (training images of the held-out classes, "
                                        "resized, the authors' meter); standard: the val images at their original "
                                        "size, corrected meter", choices=PROTOCOLS)
-    batch_size: int = option(1, "episodes per forward pass (results do not depend on it)")
+    batch_size: int = option(1, "episodes per forward pass (results do not depend on it)", at_least=1)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA")
-    workers: int = option(0, "DataLoader worker processes")
+    workers: int = option(0, "DataLoader worker processes", at_least=0)
     save_episodes: str | None = option(None, "file to write the drawn episodes (image ids) to, as JSON; none "
                                              "writes nothing", parse=none_or(str))
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
@@ -82,6 +88,8 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
     standard = config.protocol == "standard"
     if standard and (config.batch_size != 1 or config.queries != 1):
         raise ValueError("the standard protocol scores each query at its own size: use batch_size=1, queries=1")
+    if config.save_episodes:  # before the work: a path that cannot be written fails now, not after the last episode
+        ensure_writable_file(config.save_episodes, "--save-episodes")
     device = resolve_device(config.device)
     model = model.to(device).eval()
     runs, drawn = [], []

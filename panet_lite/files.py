@@ -4,6 +4,7 @@ Every dataset module (pascal, coco) builds on these; none of them knows a datase
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import tarfile
@@ -74,10 +75,12 @@ def read_rgb(path: Path) -> torch.Tensor:
 
 
 def image_size(path: Path, fix: str) -> tuple[int, int]:
-    """(H, W) from the image header, without decoding the pixels."""
+    """(H, W) of an image that decodes completely: a file cut short (a truncated JPEG still has its
+    header) fails here, during `prepare`, not hours into training."""
     try:
         with Image.open(path) as image:
             width, height = image.size
+            image.load()
     except FileNotFoundError:
         raise DataError(f"missing image {path}; {fix}") from None
     except Exception as error:
@@ -172,3 +175,106 @@ def fetch_once(target: Path, archive: Path, url: str, md5: str | None, download:
         raise DataError(f"{archive} (from {url}) did not contain {target}; check the URL.")
     (target / EXTRACTED).touch()
     return True
+
+
+def load_torch_file(path: Path, weights_only: bool) -> object:
+    """`torch.load` on the CPU; a file that is not one PyTorch wrote (or was cut short) raises
+    ValueError("... (why)") for the caller to complete with its advice."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # a zip (torch.save) or a legacy pickle
+        raise ValueError(f"{path} is not a PyTorch file (it starts with {head!r})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise ValueError(f"{path} is not a readable PyTorch file ({type(error).__name__}: {reason})") from None
+
+
+def folder_kind(path: Path) -> str | None:
+    """What is in the way of using `path` as a folder: "a file", "inside a file", or None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            return "a file" if p == path else f"inside the file {p}"
+    return None
+
+
+def ensure_folder(path: str | Path, what: str) -> Path:
+    """Create folder `path` (and its parents); a clear error if a file stands in the way or it cannot be written."""
+    path = Path(path)
+    kind = folder_kind(path)
+    if kind is not None:
+        raise DataError(f"{what} {path} is {kind}, not a folder; give a folder path (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create {what} {path} ({error.strerror}); give a folder you can write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write to {what} {path}; give a folder you can write to")
+    return path
+
+
+def ensure_writable_file(path: str | Path, what: str) -> Path:
+    """Check, before any work, that file `path` can be written later (its folder is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder; give a file path, e.g. {path / 'episodes.json'}")
+    kind = folder_kind(path)
+    if kind not in (None, "a file"):  # an existing file is overwritten; a path through a file cannot be made
+        raise DataError(f"{what} {path} is {kind}; give a path in a folder you can write to")
+    ensure_folder(path.parent, f"the folder of {what}")
+    return path
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held while one process writes there (a run, a prepared tree).
+
+    It is an advisory `flock` on FOLDER/.panet_lite.lock, which the system releases when the
+    holder exits for any reason (kill -9 included), so a stale lock never blocks a rerun. The
+    file records the holder's process id for the message of a second process and is removed when
+    the holder finishes. On systems without `fcntl` (Windows) the lock is a no-op.
+    """
+
+    FILE = ".panet_lite.lock"
+
+    def __init__(self, folder: str | Path, what: str = "this folder") -> None:
+        self.folder, self.what, self._file = Path(folder), what, None
+
+    def __enter__(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        path = self.folder / self.FILE
+        while True:
+            f = open(path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise DataError(f"{self.folder} is in use by process {holder} ({self.what}); wait for it to "
+                                f"finish or stop it, or use another folder") from None
+            try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            f.close()
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                (self.folder / self.FILE).unlink()  # while still locked; a kill -9 leaves it, unlocked
+            self._file.close()  # closing releases the lock
+            self._file = None

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .alignment import alignment_loss
-from .encoders import build_encoder
+from .encoders import MIN_IMAGE_SIZE, build_encoder
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .pooling import episode_prototypes
 
@@ -42,6 +42,9 @@ class PANet(nn.Module):
         B, N, K = support_images.shape[:3]
         Q = query_images.shape[1]
         images = torch.cat([support_images.flatten(0, 2), query_images.flatten(0, 1)])
+        if min(images.shape[-2:]) < MIN_IMAGE_SIZE:  # 1 feature pixel a side: fg and bg prototypes coincide
+            raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} pixels are too small for the "
+                             f"stride-8 encoder: use at least {MIN_IMAGE_SIZE} pixels a side (--size)")
         feats = self.encoder(images)
         return feats[: B * N * K].unflatten(0, (B, N, K)), feats[B * N * K:].unflatten(0, (B, Q))
 

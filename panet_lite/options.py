@@ -13,9 +13,14 @@ from typing import Any, Callable
 
 
 def option(default: Any, help: str, *, parse: Callable[[str], Any] | None = None,
-           choices: tuple | None = None, flag: str | None = None) -> Any:
-    """A dataclass field with its command-line help; `parse` turns the flag's text into a value."""
-    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "flag": flag})
+           choices: tuple | None = None, flag: str | None = None, at_least: float | None = None) -> Any:
+    """A dataclass field with its command-line help; `parse` turns the flag's text into a value.
+
+    `at_least`: the smallest value allowed (None, where a field may be None, is always allowed);
+    `check_options` enforces it and `choices`, naming the flag.
+    """
+    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "flag": flag,
+                                            "at_least": at_least})
 
 
 def flag_name(f) -> str:
@@ -26,6 +31,20 @@ def flag_name(f) -> str:
 def dest(f) -> str:
     """Where argparse stores a field's value."""
     return flag_name(f).replace("-", "_")
+
+
+def check_options(config) -> None:
+    """Raise ValueError naming the flag of the first field of `config` that is out of its range.
+
+    Config classes call it from `__post_init__`, so the Python API and the command line refuse the
+    same values with the same message (e.g. "--ways must be at least 1, got 0").
+    """
+    for f in fields(config):
+        value, low, choices = getattr(config, f.name), f.metadata.get("at_least"), f.metadata.get("choices")
+        if low is not None and value is not None and not isinstance(value, bool) and value < low:
+            raise ValueError(f"--{flag_name(f)} must be at least {low}, got {value}")
+        if choices and value not in choices:
+            raise ValueError(f"--{flag_name(f)} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def parse_bool_or_path(text: str) -> bool | str:
@@ -39,6 +58,21 @@ def parse_int_tuple(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def int_tuple(at_least: int, at_most: int | None = None) -> Callable[[str], tuple[int, ...]]:
+    """A parser of comma-separated integers, each in at_least..at_most, at least one of them."""
+    span = f"{at_least}..{at_most}" if at_most is not None else f"at least {at_least}"
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = parse_int_tuple(text)
+        bad = [v for v in values if v < at_least or (at_most is not None and v > at_most)]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, each {span}, got {text!r}")
+        return values
+
+    parse.__name__ = "int_list"
+    return parse
 
 
 def none_or(kind: Callable[[str], Any]) -> Callable[[str], Any]:

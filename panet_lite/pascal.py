@@ -10,6 +10,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.io
@@ -19,8 +20,8 @@ from tqdm.auto import tqdm
 
 from .data import IGNORE, VOC_CLASSES, SegmentationSource, read_data_json
 # DataError is re-exported: callers catch pascal.DataError as before the file I/O moved to files.py.
-from .files import (Archive, DataError, atomic_write, download_archive, extract, fetch_once, image_size,
-                    prepare_hint, read_ids, read_png_mask, read_rgb, write_text_if_changed)
+from .files import (Archive, DataError, FolderLock, atomic_write, download_archive, ensure_folder, extract, fetch_once,
+                    image_size, prepare_hint, read_ids, read_png_mask, read_rgb, write_text_if_changed)
 
 VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
 # The official archives (the URLs and checksums torchvision's VOC and SBD datasets use).
@@ -193,6 +194,7 @@ class _Job:
     object_out: Path  # SegmentationObjectAug/<id>.png
     class_src: Path | None  # VOC SegmentationClass png or SBD cls mat; None: class_out must exist
     object_src: Path | None  # VOC SegmentationObject png or SBD inst mat; None: only check if present
+    listed_in: Path  # the list file that names this image (for error messages)
 
 
 def _stamp(paths: list[Path]) -> list:
@@ -230,8 +232,7 @@ def _run_job(job: _Job, cached: dict | None) -> tuple[dict, int]:
     object_pending = job.object_src is not None and stamp[2] is None
     if cached is not None and cached.get("stamp") == stamp and not object_pending:
         return cached, 0
-    fix = f"the VOC2012 tree is incomplete: delete {job.image.parents[1]} and run prepare again"
-    size = image_size(job.image, fix)
+    size = image_size(job.image, image_fix(job.image_id, job.image, job.listed_in))
     classes, written = _build_mask(job.class_out, job.class_src, "GTcls", size, job.image, 20)
     if job.object_src is not None or job.object_out.exists():
         written += _build_mask(job.object_out, job.object_src, "GTinst", size, job.image, None)[1]
@@ -257,7 +258,16 @@ def _run_jobs(jobs: list[_Job], cache: dict, progress: bool) -> tuple[dict[str, 
     return results, written
 
 
-def _jobs(voc: Path, sbd: Path | None, ids: list[str], voc_annotated: set[str]) -> list[_Job]:
+def image_fix(image_id: str, image: Path, listed_in: Path) -> str:
+    """The smallest fix for one missing or damaged VOC image: restore that file from the VOC archive."""
+    member = image.relative_to(image.parents[3]).as_posix()  # VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    return (f"{listed_in} lists {image_id}. Restore that one file from the VOC archive ({VOC_ARCHIVE.url}): "
+            f"`tar -xf {VOC_ARCHIVE.filename} -C {image.parents[3]} {member}`, then run the command again "
+            f"(work already done is kept)")
+
+
+def _jobs(voc: Path, sbd: Path | None, ids: list[str], voc_annotated: set[str],
+          listed_in: Callable[[str], Path]) -> list[_Job]:
     """The jobs for `ids`; with `sbd` None, masks are only read from SegmentationClassAug."""
     jobs, layout = [], VOCLayout(voc)
     for image_id in ids:
@@ -268,8 +278,22 @@ def _jobs(voc: Path, sbd: Path | None, ids: list[str], voc_annotated: set[str]) 
         elif sbd is not None:
             class_src, object_src = sbd / "cls" / f"{image_id}.mat", sbd / "inst" / f"{image_id}.mat"
         jobs.append(_Job(image_id, layout.image(image_id), layout.mask(image_id),
-                         layout.mask(image_id, "SegmentationObjectAug"), class_src, object_src))
+                         layout.mask(image_id, "SegmentationObjectAug"), class_src, object_src, listed_in(image_id)))
     return jobs
+
+
+def _list_finder(voc: Path, sbd: Path | None, voc_train: list[str], voc_val: list[str]) -> Callable[[str], Path]:
+    """image id -> the list file it comes from: VOC's val.txt / train.txt, SBD's train.txt / val.txt,
+    or trainaug.txt when SegmentationClassAug was given ready-made."""
+    layout, where = VOCLayout(voc), {}
+    if sbd is not None:
+        for name in ("val.txt", "train.txt"):
+            where |= dict.fromkeys(read_ids(sbd / name), sbd / name)
+    elif layout.split_list("trainaug").is_file():
+        where |= dict.fromkeys(read_ids(layout.split_list("trainaug")), layout.split_list("trainaug"))
+    where |= dict.fromkeys(voc_train, layout.split_list("train"))
+    where |= dict.fromkeys(voc_val, layout.split_list("val"))
+    return lambda image_id: where.get(image_id, layout.split_list("trainaug"))
 
 
 def _shared_trainaug(voc: Path, voc_val: list[str]) -> list[str] | None:
@@ -322,8 +346,13 @@ def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None 
     Returns a report: route, image and mask counts, downloads, whether the counts were checked.
     Raises DataError (naming the file and the fix) on missing or malformed data.
     """
-    base = base_dir(root)
-    base.mkdir(parents=True, exist_ok=True)
+    base = ensure_folder(base_dir(root), "data folder (--root)")
+    with FolderLock(base, "a `prepare pascal` on this folder"):
+        return _prepare_pascal(base, download, voc_url, voc_md5, sbd_url, sbd_md5, progress, check_counts, reference)
+
+
+def _prepare_pascal(base: Path, download: bool, voc_url: str | None, voc_md5: str | None, sbd_url: str | None,
+                    sbd_md5: str | None, progress: bool, check_counts: bool, reference: dict | None) -> dict:
     downloaded = ["VOC2012"] if _ensure_voc(base, download, voc_url, voc_md5, progress) else []
     voc, sbd = base / VOC_SUBDIR, base / "SBD"
     voc_train = read_ids(VOCLayout(voc).split_list("train"))
@@ -348,7 +377,8 @@ def prepare_pascal(root: str | Path, download: bool = True, voc_url: str | None 
                 stale.unlink()
 
     ids = sorted(set(trainaug) | set(voc_val))
-    jobs = _jobs(voc, source_dir, ids, set(voc_train) | set(voc_val))
+    jobs = _jobs(voc, source_dir, ids, set(voc_train) | set(voc_val),
+                 _list_finder(voc, sbd if source_dir is not None else None, voc_train, voc_val))
     index_path = voc / INDEX_FILE
     results, written = _run_jobs(jobs, _load_index(index_path), progress)
     _write_lists(voc, {"trainaug": trainaug, "val": voc_val}, results)
@@ -484,7 +514,10 @@ class PascalVOC(SegmentationSource):
 
     def load(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Image `(3, H, W)` uint8 RGB and label `(H, W)` int64 (0 bg, 1..20, 255 ignore)."""
-        image = read_rgb(self.layout.image(image_id))
+        path = self.layout.image(image_id)
+        if not path.is_file():
+            raise DataError(f"missing image {path}. {image_fix(image_id, path, self.layout.split_list(self.split))}")
+        image = read_rgb(path)
         label = self._read_mask("SegmentationClassAug", image_id, image.shape[1:])
         return image, label
 

@@ -68,7 +68,12 @@ class Dataset:
         if unknown:
             known = ", ".join(self.options) or "none"
             raise ValueError(f"{self.name} has no option {', '.join(unknown)} (its options: {known})")
-        return self.opener(None if root is None else Path(root), split, **options)
+        source = self.opener(None if root is None else Path(root), split, **options)
+        if source.num_classes != self.classes.n_classes:  # e.g. a COCO file with a subset of the categories
+            raise ValueError(f"{self.title}'s folds need {self.classes.n_classes} classes, but the {split} data in "
+                             f"{root} has {source.num_classes}; prepare the full, official annotations "
+                             f"(`python -m panet_lite prepare {self.prepare} --root DIR`)")
+        return source
 
 
 # The faithful protocol tests on the *training* images of the held-out classes: the authors'

@@ -142,7 +142,8 @@ class SyntheticFewShot(SegmentationSource):
         if split not in SPLIT_SEEDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
         if size < 32:
-            raise ValueError(f"size must be at least 32 pixels, got {size}")
+            raise ValueError(f"the embedded dataset's images must be at least 32 pixels a side (--synthetic-size), "
+                             f"got {size}")
         self.split, self.n_images, self.size, self.max_objects = split, n_images, size, max_objects
         self.stream = 2 * seed + SPLIT_SEEDS[split]
         self._classes = lru_cache(maxsize=None)(self._classes_uncached)

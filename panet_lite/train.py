@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from .data import IGNORE, SegmentationSource
-from .encoders import BACKBONES
+from .encoders import BACKBONES, MIN_IMAGE_SIZE
 from .episodes import EpisodeDataset
+from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .model import PANet
+from .options import check_options, none_or, option, parse_bool_or_path, parse_int_tuple
 from .runtime import DEVICE_HELP, autocast, resolve_device
-from .options import none_or, option, parse_bool_or_path, parse_int_tuple
 
 
 @dataclass
@@ -29,30 +30,33 @@ class TrainConfig:
     pretrained: bool | str = option(True, "ImageNet initialisation of the encoder: true, false, or the path of a "
                                           "local .pth state dict", parse=parse_bool_or_path)
     align: bool = option(True, "prototype alignment regularisation (PAR)")
-    align_weight: float = option(1.0, "total loss = segmentation + align_weight x PAR")
-    ways: int = option(1, "classes per training episode (N)")
-    shots: int = option(1, "support images per class (K)")
-    queries: int = option(1, "query images per episode")
-    batch_size: int = option(1, "episodes per optimiser step")
-    steps: int = option(30_000, "training steps")
+    align_weight: float = option(1.0, "total loss = segmentation + align_weight x PAR", at_least=0)
+    ways: int = option(1, "classes per training episode (N)", at_least=1)
+    shots: int = option(1, "support images per class (K)", at_least=1)
+    queries: int = option(1, "query images per episode", at_least=1)
+    batch_size: int = option(1, "episodes per optimiser step", at_least=1)
+    steps: int = option(30_000, "training steps", at_least=1)
     optimizer: str = option("sgd", "the paper's SGD, or adamw for experiments", choices=("sgd", "adamw"))
-    lr: float = option(1e-3, "learning rate, on all parameters, encoder included")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "weight decay")
+    lr: float = option(1e-3, "learning rate, on all parameters, encoder included", at_least=0)
+    momentum: float = option(0.9, "SGD momentum", at_least=0)
+    weight_decay: float = option(5e-4, "weight decay", at_least=0)
     milestones: tuple[int, ...] = option((10_000, 20_000), "comma-separated steps at which the lr is multiplied "
                                                            "by gamma (stepped per iteration)", parse=parse_int_tuple)
-    gamma: float = option(0.1, "lr factor at each milestone")
+    gamma: float = option(0.1, "lr factor at each milestone", at_least=0)
     size: int | None = option(417, "images and labels resized to size x size; none keeps the source's size",
-                              parse=none_or(int))
+                              parse=none_or(int), at_least=MIN_IMAGE_SIZE)
     flip: bool = option(True, "random horizontal flip of every image, p = 0.5")
     faithful: bool = option(True, "255 borders count as support background, as in the authors' code")
-    seed: int = option(1234, "seed of the initial weights and of the training episodes")
+    seed: int = option(1234, "seed of the initial weights and of the training episodes", at_least=0)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
     channels_last: bool = option(False, "channels-last memory format for convolutions (faster on GPU and CPU)")
-    workers: int = option(0, "DataLoader worker processes")
-    log_every: int = option(50, "steps between log lines")
-    checkpoint_every: int = option(1000, "steps between checkpoints (one is always written at the end)")
+    workers: int = option(0, "DataLoader worker processes", at_least=0)
+    log_every: int = option(50, "steps between log lines", at_least=1)
+    checkpoint_every: int = option(1000, "steps between checkpoints (one is always written at the end)", at_least=1)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def build_model(config: TrainConfig) -> PANet:
@@ -87,9 +91,17 @@ def load_checkpoint(path: str | Path) -> dict:
     A bare state dict (a file of weights only) comes back as {"model": state_dict}.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.pt"
+        hint = f"did you mean {inside}?" if inside.is_file() else "give the checkpoint.pt file that `train` wrote"
+        raise FileNotFoundError(f"checkpoint {path} is a folder; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = load_torch_file(path, weights_only=False)
+    except ValueError as error:
+        raise ValueError(f"{error}: it is no checkpoint, or was cut short; copy or download it again, or train "
+                         f"a new one") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a panet_lite checkpoint or a state dict")
     return ckpt if "model" in ckpt else {"model": ckpt}
@@ -137,25 +149,46 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, 
     tmp.replace(path)
 
 
-def model_from_checkpoint(ckpt: dict) -> PANet:
-    """A PANet (train mode, on the CPU) with a checkpoint's architecture and weights."""
+def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> PANet:
+    """A PANet (train mode, on the CPU) with a checkpoint's architecture and weights.
+
+    A bare state dict is read as the weights of the default model (VGG-16); weights that do not fit
+    the architecture raise ValueError naming `path` and the first mismatching tensors.
+    """
     if "model_args" in ckpt:
         model = PANet(**ckpt["model_args"], pretrained=False)
-    else:  # written before checkpoints stored the model's arguments: rebuild from the training config
+    else:  # a bare state dict, or written before checkpoints stored the model's arguments
         known = {f.name for f in fields(TrainConfig)}
         saved = {k: v for k, v in ckpt.get("config", {}).items() if k in known}
         model = build_model(TrainConfig(**{**saved, "pretrained": False}))
-    model.load_state_dict(ckpt["model"])
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"{path} holds no model weights; give a checkpoint.pt written by `train`")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        want = model.state_dict()
+        missing = [k for k in want if k not in weights]
+        unexpected = [k for k in weights if k not in want]
+        shapes = [k for k in want if k in weights and weights[k].shape != want[k].shape]
+        found = "; ".join(f"{what}: {', '.join(keys[:2])}{' ...' if len(keys) > 2 else ''}" for what, keys in
+                          (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys)
+        raise ValueError(f"the weights in {path} do not fit PANet({model.backbone}) ({found}); it is the state dict "
+                         f"of another model: give a checkpoint.pt written by `train`, which records its "
+                         f"architecture") from None
     return model
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> PANet:
     """A PANet in eval mode with the weights of a training checkpoint (or a bare state dict)."""
-    return model_from_checkpoint(load_checkpoint(checkpoint)).to(device).eval()
+    return model_from_checkpoint(load_checkpoint(checkpoint), checkpoint).to(device).eval()
 
 
 def _check_resumable(ckpt: dict, config: TrainConfig, path: Path) -> None:
     """A checkpoint resumes only the same recipe, and only up to a step count it has not passed."""
+    if not all(k in ckpt for k in ("config", "step", "optimizer", "scheduler", "rng")):
+        raise ValueError(f"{path} is not a training checkpoint written by `train` (it holds only weights); "
+                         f"move it away, or use another output directory")
     saved = recipe(ckpt["config"])
     changed = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in recipe(config).items() if k in saved and saved[k] != v]
     if changed:
@@ -174,22 +207,70 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     checkpoint is there, training resumes from it (same config expected) and continues where it
     stopped: the episodes are a fixed sequence from the seed, so a resumed run sees the same data.
     A checkpoint that has all `config.steps` steps is the finished run: its model and history are
-    returned at once (rerunning a finished command costs nothing).
+    returned at once (rerunning a finished command costs nothing). While it runs, `out` is locked:
+    a second `train` on the same folder is refused, naming the process that holds it.
     """
+    if out is None:
+        return _train(source, classes, config, None, model, progress)
+    finished = _finished_run(Path(out) / "checkpoint.pt", config, model)
+    if finished is not None:  # reading a finished run needs no lock (and no write access)
+        return finished
+    out = ensure_folder(out, "run folder (--out)")
+    with FolderLock(out, "a `train` writing this run"):
+        return _train(source, classes, config, out, model, progress)
+
+
+def _resumable_checkpoint(path: Path, config: TrainConfig) -> dict | None:
+    """The checkpoint a run in `path`'s folder resumes from (None if there is none), checked against `config`."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as error:
+        raise ValueError(f"cannot resume the run in {path.parent}: {str(error).split(': it is no')[0]}; delete it "
+                         f"to train this run from the start, or use another --out") from None
+    _check_resumable(ckpt, config, path)
+    return ckpt
+
+
+def _finished_run(path: Path, config: TrainConfig, model: PANet | None) -> tuple[PANet, list[dict]] | None:
+    """A run whose checkpoint holds all `config.steps` steps: its model (in eval mode) and history."""
+    ckpt = _resumable_checkpoint(path, config)
+    if ckpt is None or ckpt["step"] != config.steps:
+        return None
+    if model is None:
+        model = model_from_checkpoint(ckpt, path)
+    else:
+        model.load_state_dict(ckpt["model"])
+    return model.to(resolve_device(config.device)).eval(), ckpt["history"]
+
+
+def _trim_log(log: Path, step: int) -> None:
+    """Keep the log lines up to `step`: a run killed after its last checkpoint logged steps that the
+    resumed run logs again (a line cut short by the kill goes too)."""
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    text = "".join(kept)
+    if text != log.read_text():
+        atomic_write(log, lambda tmp: tmp.write_text(text))
+
+
+def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConfig, out: Path | None,
+           model: PANet | None, progress: bool) -> tuple[PANet, list[dict]]:
     from tqdm.auto import tqdm
 
     device = resolve_device(config.device)
     ckpt_path = Path(out) / "checkpoint.pt" if out is not None else None
-    ckpt = None
-    if ckpt_path is not None and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt, config, ckpt_path)
-        if ckpt["step"] == config.steps:  # already done: the trained model, no episodes drawn, nothing run
-            if model is None:
-                model = model_from_checkpoint(ckpt)
-            else:
-                model.load_state_dict(ckpt["model"])
-            return model.to(device).eval(), ckpt["history"]
+    ckpt = _resumable_checkpoint(ckpt_path, config) if ckpt_path is not None else None
+    if ckpt is not None and ckpt["step"] == config.steps:  # finished by a run that held the lock a moment ago
+        return _finished_run(ckpt_path, config, model)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     # A resumed run overwrites the initial weights: no need to fetch ImageNet weights for it.
@@ -212,8 +293,8 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     loader = DataLoader(remaining, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-    log_file = open(Path(out) / "log.jsonl", "a") if out is not None else None
+        _trim_log(out / "log.jsonl", state.step)
+    log_file = open(out / "log.jsonl", "a") if out is not None else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="train", unit="step")

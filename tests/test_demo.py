@@ -1,6 +1,8 @@
 """`python -m panet_lite demo`: a readable report and, with --json, one JSON object on the last line."""
 import json
 
+import pytest
+
 from panet_lite.cli import main
 
 
@@ -16,5 +18,7 @@ def test_demo_json_report(capsys):
 
 
 def test_demo_rejects_a_bad_fold(capsys):
-    assert main(["demo", "--fold", "7", "--steps", "1"]) == 2
-    assert "fold must be in 0..3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--fold", "7", "--steps", "1"])
+    assert exit_.value.code == 2
+    assert "argument --fold: invalid choice: 7 (choose from 0, 1, 2, 3)" in capsys.readouterr().err
