@@ -19,7 +19,7 @@ COMMANDS = {
     "demo": "train a small PANet on the embedded dataset (CPU, ~3 min) and report unseen-fold mIoU",
     "prepare": "download (if missing) and prepare PASCAL VOC + SBD or COCO 2014 for few-shot episodes",
     "train": "train PANet on a fold (the paper's recipe by default); rerunning resumes",
-    "test": "test a checkpoint with the faithful (default) or standard protocol",
+    "test": "test a checkpoint with the faithful (default), standard or HSNet's protocol",
     "reproduce": "train and test all folds and shot counts; write the table (beside the paper's on real data)",
     "paper": "print the paper's published table",
 }
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("once")
         warnings.showwarning = _print_warning
+        args.given = {token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv)
+                      if token.startswith("--")}  # the flags typed: a protocol's defaults fill the others
         try:
             return COMMAND_FUNCTIONS[args.command](args)
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
@@ -197,7 +199,7 @@ def cmd_test(args) -> int:
     from .sources import benchmark, open_source, split_for
     from .train import load_checkpoint, model_from_checkpoint
 
-    cfg = pick(args, EvalConfig)
+    cfg = _eval_config(args)
     if not (args.notrain or args.checkpoint):
         raise ValueError("give --checkpoint RUN/checkpoint.pt, or --notrain for ImageNet features only")
     if cfg.protocol == "standard" and cfg.save_episodes is None:
@@ -216,8 +218,11 @@ def cmd_test(args) -> int:
     result = evaluate(model, source, bench.test_classes(args.fold), cfg, progress=not args.json)
     print(f"{cfg.protocol} protocol, fold {args.fold}, {cfg.ways}-way {cfg.shots}-shot, "
           f"{cfg.runs} x {cfg.episodes} episodes")
-    print(f"  mIoU   {100 * result.miou:.1f} ± {100 * result.miou_std:.1f}")
-    print(f"  FB-IoU {100 * result.fb_iou:.1f} ± {100 * result.fb_iou_std:.1f}")
+    spread = (lambda std: f" ± {100 * std:.1f}") if cfg.runs > 1 else (lambda std: "")
+    print(f"  mIoU   {100 * result.miou:.1f}{spread(result.miou_std)}")
+    print(f"  FB-IoU {100 * result.fb_iou:.1f}{spread(result.fb_iou_std)}")
+    if cfg.runs == 1:
+        print("  (one run: no std over runs)")
     for c, v in result.class_iou.items():
         print(f"  class {c:2d} IoU {100 * v:.1f}")
     if math.isnan(result.miou):
@@ -229,6 +234,20 @@ def cmd_test(args) -> int:
     if args.json:
         print(_json_line({**result.as_dict(), "seen_classes": seen}))
     return 0
+
+
+def _eval_config(args):
+    """The test settings: the flags given, and the protocol's own defaults for those not given
+    (`--protocol hsnet` alone means HSNet's test: 1 run of 1,000 episodes, seed 0, 400 px)."""
+    from dataclasses import fields
+
+    from .evaluate import PROTOCOL_DEFAULTS
+    from .options import flag_name
+
+    cfg = pick(args, EvalConfig)
+    flags = {f.name: "--" + flag_name(f) for f in fields(EvalConfig)}
+    preset = {k: v for k, v in PROTOCOL_DEFAULTS.get(cfg.protocol, {}).items() if flags[k] not in args.given}
+    return replace(cfg, **preset)
 
 
 def seen_classes(ckpt: dict, bench, fold: int, path, allow: bool) -> list[int]:
@@ -252,7 +271,7 @@ def cmd_reproduce(args) -> int:
     from .reproduce import markdown, reproduce
 
     folds, shots = list(args.folds), list(args.shot_list)
-    train_cfg, eval_cfg = pick(args, TrainConfig), pick(args, EvalConfig)
+    train_cfg, eval_cfg = pick(args, TrainConfig), _eval_config(args)
     out = args.out or f"runs/{args.dataset}"
     table = reproduce(args.dataset, args.root, out, train_cfg, eval_cfg, folds, shots,
                       options=_dataset_options(args))

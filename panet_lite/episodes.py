@@ -5,11 +5,12 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import IGNORE, SegmentationSource, normalize
+from .data import IGNORE, SegmentationSource, data_file, normalize
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,67 @@ def sample_episodes(class_lists: Sequence[Sequence[str]], n_episodes: int, n_way
     return episodes
 
 
+# ----------------------------------------------------------------------------- HSNet's test episodes
+
+HSNET_LIST = "hsnet/pascal/val/fold{fold}.txt"  # in data/: HSNet's PASCAL-5i test lists, unchanged
+HSNET_EPISODES, HSNET_SEED, HSNET_SIZE = 1000, 0, 400
+
+
+def hsnet_pairs(fold: int) -> list[tuple[str, int]]:
+    """HSNet's fold list as (VOC val image id, class id 1..20) pairs, in file order."""
+    if fold not in range(4):
+        raise ValueError(f"fold must be in 0..3, got {fold}")
+    pairs = []
+    for line in data_file(HSNET_LIST.format(fold=fold)).read_text().splitlines():
+        if line.strip():
+            image_id, class_id = line.strip().split("__")
+            pairs.append((image_id, int(class_id)))
+    return pairs
+
+
+def draw_hsnet_episodes(pairs: Sequence[tuple[str, int]], shots: int, episodes: int = HSNET_EPISODES,
+                        seed: int = HSNET_SEED) -> list[tuple[str, list[str], int]]:
+    """HSNet's test episodes over a list of (image id, class id) pairs, draw for draw.
+
+    Episode i takes pair i mod len(pairs) as its query and class. One legacy numpy generator,
+    seeded once, draws the supports of all episodes in order: per shot, one image of the class
+    among the list's images of that class (`choice(..., 1, replace=False)`), drawn again while it
+    is the query. Shots are drawn independently, so one episode may hold the same support twice
+    (HSNet's quirk, kept). Returns (query id, [support ids], class id) per episode; reads no image.
+    """
+    if shots < 1 or episodes < 1:
+        raise ValueError(f"shots and episodes must be at least 1, got {shots} and {episodes}")
+    images_of: dict[int, list[str]] = {}
+    for image_id, class_id in pairs:
+        images_of.setdefault(class_id, []).append(image_id)
+    rng = np.random.RandomState(seed)  # what HSNet's np.random.seed(0) drives
+    drawn = []
+    for i in range(episodes):
+        query, class_id = pairs[i % len(pairs)]
+        if set(images_of[class_id]) == {query}:
+            raise ValueError(f"class {class_id} has no image but the query {query} in the list: no support to draw")
+        supports: list[str] = []
+        while len(supports) < shots:
+            support = str(rng.choice(images_of[class_id], 1, replace=False)[0])
+            if support != query:
+                supports.append(support)
+        drawn.append((query, supports, class_id))
+    return drawn
+
+
+def hsnet_episodes(fold: int, shots: int, episodes: int = HSNET_EPISODES,
+                   seed: int = HSNET_SEED) -> list[tuple[str, list[str], int]]:
+    """The test episodes of HSNet's PASCAL-5i protocol for one fold: (query id, [support ids], class id
+    1..20) in episode order, from HSNet's fixed list (data/hsnet/pascal/val/foldF.txt); no image is read."""
+    return draw_hsnet_episodes(hsnet_pairs(fold), shots, episodes, seed)
+
+
+def as_episodes(drawn: Sequence[tuple[str, Sequence[str], int]], classes: Sequence[int]) -> list[Episode]:
+    """1-way `Episode`s (ways index into `classes`) from (query, supports, class id) triples."""
+    index = {c: i for i, c in enumerate(classes)}
+    return [Episode([index[c]], [list(supports)], [query], [0]) for query, supports, c in drawn]
+
+
 def support_masks(label: torch.Tensor, class_id: int, episode_classes: Sequence[int],
                   ignore_is_background: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary fg/bg masks (float) of one support label (H, W) for the way of `class_id`.
@@ -84,16 +146,26 @@ def episode_labels(label: torch.Tensor, episode_classes: Sequence[int]) -> torch
     return out
 
 
-def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int] | None):
-    """Resize an image (3, H, W) uint8 bilinearly and its label (H, W) by nearest neighbour."""
+def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int] | None, pil: bool = False):
+    """Resize an image (3, H, W) uint8 bilinearly and its label (H, W) by nearest neighbour.
+
+    pil=True resizes the image with PIL's bilinear filter, which is what torchvision's `Resize`
+    does to a PIL image (HSNet's test); the default is PyTorch's antialiased bilinear, within one
+    grey level of it.
+    """
     if size is None:
         return image, label
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(image.shape[-2:]) == size:
         return image, label
+    lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    if pil:
+        from PIL import Image
+
+        resized = Image.fromarray(image.permute(1, 2, 0).numpy()).resize(size[::-1], Image.BILINEAR)
+        return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).contiguous(), lab
     img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")
-    return img[0].round().clamp(0, 255).to(torch.uint8), lab[0, 0].long()
+    return img[0].round().clamp(0, 255).to(torch.uint8), lab
 
 
 class EpisodeDataset(Dataset):
@@ -104,14 +176,17 @@ class EpisodeDataset(Dataset):
     flip: random horizontal flip of every image (training); faithful: 255 borders count as
     support background (the authors' behaviour). `keep_query_size` also returns the query
     labels at their original size ("query_labels_full"), for the standard protocol (B = 1).
+    `episodes` replaces the sampler with given episodes (e.g. `as_episodes(hsnet_episodes(...))`);
+    `pil_resize` resizes images with PIL's bilinear filter (see `resize_pair`).
     """
 
     def __init__(self, source: SegmentationSource, classes: Sequence[int], n_episodes: int, n_ways: int = 1,
                  n_shots: int = 1, n_queries: int = 1, seed: int = 1234, size: int | None = None,
                  flip: bool = False, faithful: bool = True, keep_query_size: bool = False,
-                 episodes: list[Episode] | None = None) -> None:
+                 episodes: list[Episode] | None = None, pil_resize: bool = False) -> None:
         self.source, self.classes = source, list(classes)
         self.size, self.flip, self.faithful, self.keep_query_size = size, flip, faithful, keep_query_size
+        self.pil_resize = pil_resize
         self.seed = seed
         if episodes is None:
             lists = source.class_lists(self.classes)
@@ -130,7 +205,7 @@ class EpisodeDataset(Dataset):
 
     def _load(self, image_id: str, flip: bool, class_ids: Sequence[int]):
         image, label = self.source.load_for_classes(image_id, class_ids)
-        image, label = resize_pair(image, label, self.size)
+        image, label = resize_pair(image, label, self.size, self.pil_resize)
         if flip:
             image, label = image.flip(-1), label.flip(-1)
         return image, label

@@ -10,17 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import SegmentationSource
+from .data import PASCAL5I, SegmentationSource
 from .encoders import MIN_IMAGE_SIZE
-from .episodes import EpisodeDataset
-from .files import ensure_writable_file
+from .episodes import (HSNET_EPISODES, HSNET_SEED, HSNET_SIZE, Episode, EpisodeDataset, as_episodes, hsnet_episodes,
+                       hsnet_pairs)
+from .files import DataError, ensure_writable_file
 from .metrics import IoUMeter, mean_std
 from .model import PANet
 from .options import check_options, none_or, option
 from .runtime import DEVICE_HELP, autocast, resolve_device
 
 
-PROTOCOLS = ("faithful", "standard")
+PROTOCOLS = ("faithful", "standard", "hsnet")
+# What a protocol fixes unless asked otherwise (the command line applies these to the flags not given).
+PROTOCOL_DEFAULTS = {"hsnet": {"runs": 1, "episodes": HSNET_EPISODES, "seed": HSNET_SEED, "size": HSNET_SIZE}}
 
 
 @dataclass
@@ -38,7 +41,11 @@ class EvalConfig:
                                    "none keeps the source's size", parse=none_or(int), at_least=MIN_IMAGE_SIZE)
     protocol: str = option("faithful", "faithful: the paper's test (training images of the held-out classes, "
                                        "resized, the authors' meter); standard: the val images at their original "
-                                       "size, corrected meter", choices=PROTOCOLS)
+                                       "size, corrected meter; hsnet: HSNet's fixed PASCAL-5i val lists, one run of "
+                                       "1,000 episodes, seed 0, 400 px, the test most later papers report",
+                           choices=PROTOCOLS)
+    original_size: bool = option(False, "hsnet protocol: score each query at its original size instead of "
+                                        "400 x 400 (HSNet's use_original_imgsize)")
     batch_size: int = option(1, "episodes per forward pass (results do not depend on it)", at_least=1)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA")
@@ -48,6 +55,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+
+    @classmethod
+    def for_protocol(cls, protocol: str, **overrides) -> "EvalConfig":
+        """The config of a protocol with its own defaults (hsnet: 1 run, 1,000 episodes, seed 0, 400 px)."""
+        return cls(**{"protocol": protocol, **PROTOCOL_DEFAULTS.get(protocol, {}), **overrides})
 
 
 @dataclass
@@ -78,16 +90,51 @@ def predict(model: PANet, batch: dict, device: torch.device, amp: bool = False,
     return logits.argmax(dim=2)
 
 
+def _hsnet_draw(source: SegmentationSource, classes: Sequence[int], config: EvalConfig) -> list[Episode]:
+    """HSNet's episodes for the fold whose test classes are `classes`, after checking the settings and
+    that the source holds every image of the fold's list."""
+    folds = [f for f in range(PASCAL5I.n_folds) if PASCAL5I.test_classes(f) == list(classes)]
+    if source.num_classes != PASCAL5I.n_classes or not folds:
+        raise ValueError("the hsnet protocol is defined on PASCAL-5i only (HSNet's lists are VOC val image ids); "
+                         "test a pascal5i fold")
+    if config.ways != 1 or config.queries != 1 or config.runs != 1:
+        raise ValueError("the hsnet protocol is 1-way with one query and one run of fixed episodes: use --ways 1, "
+                         "--queries 1 and --runs 1")
+    fold = folds[0]
+    listed = sorted({image_id for image_id, _ in hsnet_pairs(fold)})
+    known = set(source.ids())
+    missing = [image_id for image_id in listed if image_id not in known]
+    if missing:
+        where = getattr(source, "base", "the data")
+        raise DataError(f"{len(missing)} of the {len(listed)} images of HSNet's fold-{fold} list are not in the "
+                        f"prepared val split of {where} (the first: {missing[0]}); prepare VOC 2012 + SBD in full: "
+                        f"`python -m panet_lite prepare pascal --root DIR`")
+    return as_episodes(hsnet_episodes(fold, config.shots, config.episodes, config.seed), classes)
+
+
 def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], config: EvalConfig,
-             progress: bool = True) -> EvalResult:
-    """Test `model` on episodes of `classes` (global ids, ascending) from `source`."""
+             progress: bool = True, episodes: Sequence[Episode] | None = None) -> EvalResult:
+    """Test `model` on episodes of `classes` (global ids, ascending) from `source`.
+
+    `episodes` replaces the protocol's draw with fixed episodes, tested in one run under the
+    protocol's images, sizes and meter: e.g. an HSNet-style list of another dataset through
+    `as_episodes(draw_hsnet_episodes(pairs, shots), classes)`.
+    """
     from tqdm.auto import tqdm
 
     if config.protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be 'faithful' or 'standard', got {config.protocol!r}")
-    standard = config.protocol == "standard"
-    if standard and (config.batch_size != 1 or config.queries != 1):
-        raise ValueError("the standard protocol scores each query at its own size: use batch_size=1, queries=1")
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {config.protocol!r}")
+    standard, hsnet = config.protocol == "standard", config.protocol == "hsnet"
+    full_size = standard or (hsnet and config.original_size)  # the query scored at its original size
+    if config.original_size and not hsnet:
+        raise ValueError("--original-size applies to --protocol hsnet (standard always scores at the original "
+                         "size, faithful at --size)")
+    if full_size and (config.batch_size != 1 or config.queries != 1):
+        raise ValueError(f"the {config.protocol} protocol scores each query at its own size here: use "
+                         f"--batch-size 1 and --queries 1")
+    if episodes is not None and config.runs != 1:
+        raise ValueError("fixed episodes are one run: use runs=1")
+    fixed = list(episodes) if episodes is not None else _hsnet_draw(source, classes, config) if hsnet else None
     if config.save_episodes:  # before the work: a path that cannot be written fails now, not after the last episode
         ensure_writable_file(config.save_episodes, "--save-episodes")
     device = resolve_device(config.device)
@@ -95,13 +142,16 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
     runs, drawn = [], []
     for run in range(config.runs):
         dataset = EpisodeDataset(source, classes, config.episodes, config.ways, config.shots, config.queries,
-                                 seed=config.seed + run, size=config.size, flip=False, faithful=not standard,
-                                 keep_query_size=standard)
+                                 seed=config.seed + run, size=config.size, flip=False,
+                                 faithful=config.protocol == "faithful", keep_query_size=full_size,
+                                 episodes=fixed, pil_resize=hsnet)
         drawn.append([ep.__dict__ for ep in dataset.episodes])
-        meter = IoUMeter(source.num_classes, count_absent_fp=standard)
+        # The corrected meter (false positives of absent classes counted) is, on 1-way episodes,
+        # HSNet's too: per class, fg and bg intersection and union summed over episodes, 255 left out.
+        meter = IoUMeter(source.num_classes, count_absent_fp=config.protocol != "faithful")
         loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers)
         for batch in tqdm(loader, disable=not progress, desc=f"test run {run + 1}/{config.runs}", leave=False):
-            target = batch["query_labels_full"] if standard else batch["query_labels"]
+            target = batch["query_labels_full"] if full_size else batch["query_labels"]
             pred = predict(model, batch, device, config.amp, size=target.shape[-2:])
             for b in range(pred.shape[0]):
                 meter.update(pred[b].cpu(), target[b], batch["class_ids"][b])

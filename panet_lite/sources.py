@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 from .data import COCO20I, PASCAL5I, Benchmark, SegmentationSource
 
-ROLES = ("train", "faithful", "standard")
+ROLES = ("train", "faithful", "standard", "hsnet")
 
 
 def _open_pascal(root: Path, split: str) -> SegmentationSource:
@@ -41,7 +41,7 @@ class Dataset:
     name: str  # the --dataset value
     title: str  # as figures and tables print it
     classes: Benchmark  # class names and the held-out classes of each fold (data/folds.json)
-    splits: dict[str, str]  # role ("train", "faithful", "standard") -> split name
+    splits: dict[str, str]  # role ("train", "faithful", "standard", "hsnet") -> split name
     opener: Callable[..., SegmentationSource]  # (root, split, **options) -> source
     paper: str | None  # the dataset of the paper's rows it is compared with; None: never compared
     prepare: str | None  # `python -m panet_lite prepare <this>` builds its root; None: needs no data
@@ -50,8 +50,12 @@ class Dataset:
     options: dict[str, tuple[type, str]] = field(default_factory=dict)
 
     def split(self, role: str) -> str:
-        if role not in self.splits:
+        if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if role not in self.splits:
+            why = {"hsnet": ": HSNet's lists are PASCAL-5i's (its COCO-20i lists rely on its own preprocessed "
+                            "masks); use --dataset pascal5i"}.get(role, "")
+            raise ValueError(f"--protocol {role} is not defined for {self.name}{why}")
         return self.splits[role]
 
     def flag(self, option: str) -> str:
@@ -79,7 +83,8 @@ class Dataset:
 # The faithful protocol tests on the *training* images of the held-out classes: the authors'
 # quirk that produced the paper's table (docs/protocol.md).
 REGISTRY: dict[str, Dataset] = {d.name: d for d in (
-    Dataset("pascal5i", "PASCAL-5i", PASCAL5I, {"train": "trainaug", "faithful": "trainaug", "standard": "val"},
+    Dataset("pascal5i", "PASCAL-5i", PASCAL5I,
+            {"train": "trainaug", "faithful": "trainaug", "standard": "val", "hsnet": "val"},
             _open_pascal, paper="pascal5i", prepare="pascal"),
     Dataset("coco20i", "COCO-20i", COCO20I, {"train": "train2014", "faithful": "train2014", "standard": "val2014"},
             _open_coco, paper="coco20i", prepare="coco"),

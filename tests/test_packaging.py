@@ -33,10 +33,11 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-DATA_FILES = {"folds.json", "pascal5i_reference_counts.json"}
+DATA_FILES = {"folds.json", "pascal5i_reference_counts.json", *(f"hsnet/pascal/val/fold{f}.txt" for f in range(4))}
 LOADER_CHECK = (
-    "from panet_lite import data, pascal; "
+    "from panet_lite import data, episodes, pascal; "
     "print(data.data_file('folds.json')); "
+    "print(len(episodes.hsnet_pairs(3))); "
     "print(','.join(data.PASCAL5I.class_names[c - 1] for c in data.fold_classes(2))); "
     "print(pascal.reference_counts()['trainaug']['images'])"
 )
@@ -53,18 +54,20 @@ def _run_loader_check(cwd: Path, path_first: Path | None = None) -> list[str]:
 
 def test_installed_package_reads_data_folder(tmp_path):
     """The editable install (what `make` sets up) reads the checkout's data/, not a copy."""
-    assert _run_loader_check(tmp_path) == [str(ROOT / "data" / "folds.json"),
+    assert _run_loader_check(tmp_path) == [str(ROOT / "data" / "folds.json"), "346",
                                            "diningtable,dog,horse,motorbike,person", "10582"]
 
 
 def test_wheel_carries_the_definition_files_only(tmp_path):
-    """A wheel holds data/'s two JSON files as panet_lite/_data, nothing of a downloaded dataset, and works."""
+    """A wheel holds data/'s JSON files and HSNet's lists as panet_lite/_data, nothing of a downloaded dataset,
+    and works."""
     tree = tmp_path / "tree"
     tree.mkdir()
     for item in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / item, tree / item)
     shutil.copytree(ROOT / "panet_lite", tree / "panet_lite", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "data", tree / "data", ignore=shutil.ignore_patterns("pascal", "coco", "*.tar", "*.zip"))
+    shutil.copytree(ROOT / "data", tree / "data", ignore=lambda folder, names: [  # what `prepare` put there
+        n for n in names if (Path(folder) == ROOT / "data" and n in ("pascal", "coco")) or n.endswith((".tar", ".zip"))])
     (tree / "data" / "pascal" / "VOCdevkit").mkdir(parents=True)  # as if `prepare` had run
     (tree / "data" / "pascal" / "VOCdevkit" / "panet_lite_index.json").write_text("{}")
     (tree / "data" / "stray.json").write_text("{}")
@@ -78,7 +81,7 @@ def test_wheel_carries_the_definition_files_only(tmp_path):
     assert {n for n in names if not n.startswith(("panet_lite/", "panet_lite-"))} == set()
     assert {n for n in names if n.startswith("panet_lite/_data/")} == {f"panet_lite/_data/{f}" for f in DATA_FILES}
     site = tmp_path / "site"
-    assert _run_loader_check(tmp_path, path_first=site) == [str(site / "panet_lite" / "_data" / "folds.json"),
+    assert _run_loader_check(tmp_path, path_first=site) == [str(site / "panet_lite" / "_data" / "folds.json"), "346",
                                                             "diningtable,dog,horse,motorbike,person", "10582"]
 
 

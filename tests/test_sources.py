@@ -23,14 +23,17 @@ def test_the_command_line_offers_exactly_the_registered_datasets():
 def test_each_entry_names_its_classes_splits_and_published_rows():
     assert benchmark("pascal5i") is PASCAL5I and benchmark("coco20i") is COCO20I
     assert benchmark("synthetic") is PASCAL5I  # the embedded dataset is shaped like PASCAL-5i
-    # The faithful protocol tests on the training split (the authors' quirk), the standard on val.
-    assert [split_for("pascal5i", r) for r in ROLES] == ["trainaug", "trainaug", "val"]
-    assert [split_for("coco20i", r) for r in ROLES] == ["train2014", "train2014", "val2014"]
+    # The faithful protocol tests on the training split (the authors' quirk), the standard and HSNet's on val.
+    assert [split_for("pascal5i", r) for r in ROLES] == ["trainaug", "trainaug", "val", "val"]
+    assert [split_for("coco20i", r) for r in ROLES[:3]] == ["train2014", "train2014", "val2014"]
+    for name in ("coco20i", "synthetic"):  # HSNet's lists are PASCAL-5i's
+        with pytest.raises(ValueError, match=f"--protocol hsnet is not defined for {name}: HSNet's lists are"):
+            split_for(name, "hsnet")
     assert {name: d.paper for name, d in REGISTRY.items()} == {"pascal5i": "pascal5i", "coco20i": "coco20i",
                                                              "synthetic": None}
     with pytest.raises(ValueError, match="unknown dataset 'voc'; choose one of pascal5i, coco20i, synthetic"):
         dataset("voc")
-    with pytest.raises(ValueError, match="role must be one of train, faithful, standard"):
+    with pytest.raises(ValueError, match="role must be one of train, faithful, standard, hsnet"):
         split_for("pascal5i", "test")
 
 
