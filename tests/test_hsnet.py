@@ -223,3 +223,15 @@ def test_protocol_hsnet_bad_input_is_one_line(case, fold0_tree, checkpoint, tmp_
     assert "Traceback" not in err and len(lines) == 1 and expected in lines[0], err
     if case == "missing images":
         assert "(the first: 2011_003030)" in lines[0] and "prepare pascal --root DIR" in lines[0]
+
+
+def test_a_table_under_hsnets_test_sets_no_panet_number_beside():
+    from panet_lite import reproduce
+
+    rows = [{"fold": f, "shots": 1, "miou": 0.5 + f / 100, "miou_std": 0.0, "fb_iou": 0.7,
+             "eval_config": {"protocol": "hsnet"}} for f in range(4)]
+    table = reproduce.summarize("pascal5i", rows)
+    assert table["kind"] == reproduce.HSNET_TEST and "paper_mean" not in table["settings"][0]
+    md = reproduce.markdown(table)
+    assert md.startswith("Results on pascal5i under HSNet's test") and "PANet's published numbers come from" in md
+    assert "| 1-way 1-shot | 50.0 | 51.0 | 52.0 | 53.0 | 51.5 | 70.0 |" in md  # one run: no ± 0.0
