@@ -1,12 +1,12 @@
 """panet_lite: PANet (ICCV 2019) few-shot segmentation, rebuilt to learn from and to reproduce."""
 from .data import IGNORE, fold_classes, normalize, train_classes
-from .episodes import Episode, EpisodeDataset, sample_episodes
+from .episodes import Episode, EpisodeDataset, hsnet_episodes, sample_episodes
 from .metrics import IoUMeter
 from .model import PANet, PANetOutput
-from .paper import PAPER_RESULTS, paper_result
+from .paper import LATER_RESULTS, PAPER_RESULTS, paper_result
 
 __version__ = "0.1.0"
 __all__ = [
-    "IGNORE", "Episode", "EpisodeDataset", "IoUMeter", "PANet", "PANetOutput", "PAPER_RESULTS",
-    "fold_classes", "normalize", "paper_result", "sample_episodes", "train_classes",
+    "IGNORE", "Episode", "EpisodeDataset", "IoUMeter", "LATER_RESULTS", "PANet", "PANetOutput", "PAPER_RESULTS",
+    "fold_classes", "hsnet_episodes", "normalize", "paper_result", "sample_episodes", "train_classes",
 ]

@@ -1,4 +1,5 @@
-"""The published PANet numbers (mIoU and FB-IoU in %, VGG-16 unless noted): the one source of truth."""
+"""The published numbers (mIoU and FB-IoU in %): PANet's (VGG-16 unless noted) and, for comparison, those
+of later methods with the test each was measured under. The one source of truth for every table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,4 +47,67 @@ def markdown_table() -> str:
         folds = [f"{v:.1f}" for v in r.folds] if r.folds else [""] * 4
         fb = f"{r.fb_iou:.1f}" if r.fb_iou is not None else ""
         lines.append(f"| {name} | " + " | ".join(folds) + f" | {r.mean:.1f} | {fb} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- later methods
+
+# The tests published numbers were measured under. PANet's own is `protocol="faithful"`; HSNet's is
+# `protocol="hsnet"`. The others are described, not implemented.
+TESTS = {
+    "panet": "PANet's test: trainaug images of the fold's classes, 5 runs x 1,000 episodes (seeds 1234 + r), 417 px",
+    "hsnet": "HSNet's test: its fixed val lists, one run of 1,000 episodes (numpy seed 0), 400 px",
+    "hsnet-coco": "HSNet's COCO-20i test: its own preprocessed masks, interleaved folds (class 4k + i + 1 in fold i), "
+                  "one run of 1,000 episodes, seed 0, 400 px",
+    "mlc": "MLC's test: val images with an object of at least 2 x 32 x 32 px, random query, class and distinct "
+           "supports (each at least 2 x 32 x 32 px), original size, 1,000 episodes (COCO: 4,000) for each of 5 "
+           "seeds, averaged; the model is the best of its training snapshots on that same val set",
+}
+
+
+@dataclass(frozen=True)
+class LaterResult:
+    method: str
+    dataset: str  # "pascal5i" or "coco20i"
+    ways: int
+    shots: int
+    backbone: str
+    folds: tuple[float, ...]
+    mean: float
+    test: str  # a key of TESTS
+    source: str  # where the number was read (checked there)
+
+
+_MLC = "github.com/LiheYoung/MiningFSS (README, 'Performance'): MLC's baseline"
+_SSP = "github.com/fanq15/SSP (README, 'Pascal VOC' and 'MS COCO'); SSP's code is built on MLC's"
+LATER_RESULTS = (
+    LaterResult("MLC baseline", "pascal5i", 1, 1, "resnet50", (54.9, 66.5, 61.7, 48.3), 57.9, "mlc", _MLC),
+    LaterResult("MLC baseline", "pascal5i", 1, 5, "resnet50", (61.6, 70.3, 70.5, 56.4), 64.7, "mlc", _MLC),
+    LaterResult("SSP", "pascal5i", 1, 1, "resnet50", (61.4, 67.8, 66.5, 50.9), 61.7, "mlc", _SSP),
+    LaterResult("SSP", "pascal5i", 1, 5, "resnet50", (67.5, 72.3, 75.2, 62.1), 69.3, "mlc", _SSP),
+    # SSP reports COCO-20i under two tests: its own (MLC's) and HSNet's; the numbers differ by several points.
+    LaterResult("SSP", "coco20i", 1, 1, "resnet50", (46.4, 35.2, 27.3, 25.4), 33.6, "mlc", _SSP),
+    LaterResult("SSP", "coco20i", 1, 5, "resnet50", (53.9, 42.0, 36.0, 33.7), 41.4, "mlc", _SSP),
+    LaterResult("SSP", "coco20i", 1, 1, "resnet50", (35.5, 39.6, 37.9, 36.7), 37.4, "hsnet-coco", _SSP),
+    LaterResult("SSP", "coco20i", 1, 5, "resnet50", (40.6, 47.0, 45.1, 43.9), 44.1, "hsnet-coco", _SSP),
+)
+
+
+def later_results(dataset: str, ways: int = 1, shots: int | None = None) -> list[LaterResult]:
+    """The later methods' published rows for a dataset (and shot count, if given)."""
+    return [r for r in LATER_RESULTS if r.dataset == dataset and r.ways == ways and shots in (None, r.shots)]
+
+
+def later_markdown(dataset: str, ways: int = 1) -> str:
+    """Later methods' published rows as Markdown, each with the test it was measured under."""
+    rows = later_results(dataset, ways)
+    if not rows:
+        return ""
+    lines = ["| method | setting | backbone | fold 0 | fold 1 | fold 2 | fold 3 | mean | test |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        folds = " | ".join(f"{v:.1f}" for v in r.folds)
+        lines.append(f"| {r.method} | {r.ways}-way {r.shots}-shot | {r.backbone} | {folds} | {r.mean:.1f} | {r.test} |")
+    used = sorted({r.test for r in rows})
+    lines += [""] + [f"- `{t}`: {TESTS[t]}" for t in used]
     return "\n".join(lines)

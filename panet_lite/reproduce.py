@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .evaluate import EvalConfig, evaluate
-from .paper import paper_result
+from .paper import later_markdown, paper_result
 from .sources import REGISTRY, benchmark, open_source, split_for
 from .train import TrainConfig, recipe, train
 
@@ -170,4 +170,9 @@ def markdown(table: dict) -> str:
         if s.get("paper_fb_iou") is not None:
             fb += f" ({s['paper_fb_iou']:.1f}, {s['mean_fb_iou'] - s['paper_fb_iou']:+.1f})"
         lines.append(f"| {s['ways']}-way {s['shots']}-shot | " + " | ".join(cells) + f" | {mean} | {fb} |")
+    if table.get("kind") == HSNET_TEST:  # later methods' published numbers, each with the test it used
+        later = later_markdown(table["dataset"], table["settings"][0]["ways"] if table["settings"] else 1)
+        if later:
+            lines += ["", "Published numbers of later methods, for comparison (not PANet; each measured under the "
+                          "test named, which is not always HSNet's):", "", later]
     return "\n".join(lines) + "\n"

@@ -235,3 +235,17 @@ def test_a_table_under_hsnets_test_sets_no_panet_number_beside():
     md = reproduce.markdown(table)
     assert md.startswith("Results on pascal5i under HSNet's test") and "PANet's published numbers come from" in md
     assert "| 1-way 1-shot | 50.0 | 51.0 | 52.0 | 53.0 | 51.5 | 70.0 |" in md  # one run: no ± 0.0
+    # Later methods' published numbers beside ours, each with the test it was measured under.
+    assert "| SSP | 1-way 1-shot | resnet50 | 61.4 | 67.8 | 66.5 | 50.9 | 61.7 | mlc |" in md
+    assert "- `mlc`: MLC's test: val images with an object of at least 2 x 32 x 32 px" in md
+
+
+def test_later_methods_rows_are_consistent_and_name_their_test():
+    from panet_lite.paper import LATER_RESULTS, TESTS, later_results
+
+    for r in LATER_RESULTS:  # a mistyped fold shows up as a mean that is not the folds' mean
+        assert abs(sum(r.folds) / 4 - r.mean) <= 0.06, r
+        assert r.test in TESTS and r.source.startswith("github.com/")
+    # SSP reports COCO-20i under two tests, several points apart.
+    coco = {r.test: r.mean for r in later_results("coco20i", shots=1) if r.method == "SSP"}
+    assert coco == {"mlc": 33.6, "hsnet-coco": 37.4}
