@@ -16,6 +16,8 @@ BACKGROUND_COLOR = "#9e9e9e"  # episode label 0
 WAY_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4")  # ways 1..5
 IGNORE_COLOR = "#ffffff"  # 255 borders
 OTHER_CLASS_COLOR = "#3a3a3a"  # a class that is in the image but not in the episode (labels as stored)
+# A prediction scored against the ground truth (Okabe-Ito colours, distinguishable with colour-blindness).
+OUTCOME_COLORS = {"true positive": "#009e73", "false positive": "#d55e00", "false negative": "#56b4e9"}
 
 
 def label_colors(n_ways: int) -> list[str]:
@@ -59,6 +61,49 @@ def overlay(ax, image: torch.Tensor, label: torch.Tensor | None = None, n_ways: 
         ax.set_title(title, fontsize=9)
 
 
+def outline(ax, label: torch.Tensor, n_ways: int, linewidth: float = 1.6) -> None:
+    """Outline each way's region of an episode label map in its colour, on a white halo (visible on
+    any image or map)."""
+    from matplotlib import patheffects
+
+    lab = label.detach().cpu().numpy()
+    for w in range(n_ways):
+        region = (lab == w + 1).astype(float)
+        if region.any():
+            lines = ax.contour(region, levels=[0.5], colors=[WAY_COLORS[w]], linewidths=linewidth)
+            lines.set_path_effects([patheffects.withStroke(linewidth=linewidth + 1.8, foreground="white")])
+
+
+def ground_truth(ax, image: torch.Tensor, label: torch.Tensor, n_ways: int = 1, title: str | None = None) -> None:
+    """An image with its ground truth drawn as outlines, one per way in the way's colour, instead of a
+    fill that hides the object's texture."""
+    overlay(ax, image, title=title)
+    outline(ax, label, n_ways, linewidth=1.8)
+
+
+def outcome(ax, image: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, title: str | None = None,
+            alpha: float = 0.65) -> None:
+    """A prediction scored pixel by pixel against the episode ground truth: true positives (the right
+    way), false positives (a way where there is another way or background) and false negatives
+    (an object pixel predicted background), each in its colour; 255 pixels are left clear."""
+    p, t = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
+    valid = t != IGNORE
+    masks = {"true positive": valid & (t > 0) & (p == t), "false positive": valid & (p > 0) & (p != t),
+             "false negative": valid & (t > 0) & (p == 0)}
+    rgba = np.zeros((*t.shape, 4))
+    for name, mask in masks.items():
+        rgba[mask] = (*to_rgb(OUTCOME_COLORS[name]), alpha)
+    overlay(ax, image, title=title)
+    ax.imshow(rgba, interpolation="nearest")
+
+
+def outcome_handles():
+    """Legend patches for `outcome`."""
+    from matplotlib.patches import Patch
+
+    return [Patch(color=c, label=n) for n, c in OUTCOME_COLORS.items()]
+
+
 def mask_label(fg: torch.Tensor, way: int) -> torch.Tensor:
     """A binary support mask (H, W) as an episode label map for way index `way` (0-based)."""
     return (fg > 0).long() * (way + 1)
@@ -67,7 +112,8 @@ def mask_label(fg: torch.Tensor, way: int) -> torch.Tensor:
 def show_episode(item: dict, pred: torch.Tensor | None = None, class_names: Sequence[str] | None = None,
                  size: float = 1.8):
     """One episode (an EpisodeDataset item, unbatched): supports by way, then each query with its
-    ground truth and, if given, the prediction (Q, H, W). Returns the figure."""
+    ground truth (outlined) and, if given, the prediction (Q, H, W) scored pixel by pixel (true and
+    false positives, false negatives). Returns the figure."""
     N, K = item["support_fg"].shape[:2]
     Q = item["query_images"].shape[0]
     cols = max(K, 2 + (pred is not None))
@@ -78,15 +124,19 @@ def show_episode(item: dict, pred: torch.Tensor | None = None, class_names: Sequ
         c = int(item["class_ids"][w])
         name = class_names[c - 1] if class_names else f"class {c}"
         for k in range(K):
-            overlay(axes[w, k], item["support_images"][w, k], mask_label(item["support_fg"][w, k], w), N,
-                    title=f"way {w + 1} ({name}), shot {k + 1}" if k == 0 else f"shot {k + 1}")
+            support_panel(axes[w, k], item["support_images"][w, k], item["support_fg"][w, k], w, N,
+                          f"way {w + 1} ({name}), shot {k + 1}" if k == 0 else f"shot {k + 1}")
     for q in range(Q):
         row = N + q
         overlay(axes[row, 0], item["query_images"][q], title=f"query {q + 1}")
-        overlay(axes[row, 1], item["query_images"][q], item["query_labels"][q], N, title="ground truth")
+        ground_truth(axes[row, 1], item["query_images"][q], item["query_labels"][q], N, title="ground truth")
         if pred is not None:
-            overlay(axes[row, 2], item["query_images"][q], pred[q], N, title="prediction")
-    fig.tight_layout()
+            outcome(axes[row, 2], item["query_images"][q], pred[q], item["query_labels"][q], title="prediction")
+    if pred is not None:
+        fig.legend(handles=outcome_handles(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

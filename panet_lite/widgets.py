@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from IPython.display import display
-from matplotlib import patheffects
 
 from .data import IGNORE, SegmentationSource, fold_classes, train_classes
 from .episodes import EpisodeDataset, resize_pair
@@ -29,7 +28,8 @@ from .metrics import IoUMeter
 from .model import PANet
 from .pooling import episode_prototypes, masked_average_pool
 # The figures live in viz, the plotting home; plot_episode is re-exported for the widget's users.
-from .viz import BACKGROUND_COLOR, WAY_COLORS, overlay, plot_episode, support_panel  # noqa: F401
+from .viz import (BACKGROUND_COLOR, WAY_COLORS, ground_truth, outcome, outcome_handles, outline,  # noqa: F401
+                  plot_episode, support_panel)
 
 MAX_WAYS = len(WAY_COLORS)
 MAX_SHOTS = 5
@@ -140,16 +140,6 @@ def similarity_maps(model: PANet, item: dict, alpha: float = ALPHA, shots: int |
     }
 
 
-def _contours(ax, label: torch.Tensor, n_ways: int) -> None:
-    """Outline each way's ground-truth region in its colour (on a white halo, visible on any map)."""
-    lab = label.numpy()
-    for w in range(n_ways):
-        region = (lab == w + 1).astype(float)
-        if region.any():
-            lines = ax.contour(region, levels=[0.5], colors=[WAY_COLORS[w]], linewidths=1.4)
-            lines.set_path_effects([patheffects.withStroke(linewidth=3, foreground="white")])
-
-
 def plot_similarity(maps: dict, item: dict, class_names: Sequence[str] | None = None, query: int = 0,
                     size: float = 1.8):
     """The supports used (top), then for one query: the ground truth and the prediction (left),
@@ -173,9 +163,9 @@ def plot_similarity(maps: dict, item: dict, class_names: Sequence[str] | None = 
                            f"way {w + 1}, shot {j + 1}" if N * k <= 8 else f"w{w + 1} s{j + 1}")
     axes = bottom.subplots(2, cols, squeeze=False)
     label = item["query_labels"][query]
-    overlay(axes[0, 0], item["query_images"][query], label, N, title="query\nground truth")
+    ground_truth(axes[0, 0], item["query_images"][query], label, N, title="query\nground truth")
     iou = maps["iou"]
-    overlay(axes[1, 0], item["query_images"][query], maps["pred"][query], N,
+    outcome(axes[1, 0], item["query_images"][query], maps["pred"][query], label,
             title="prediction\nIoU " + ", ".join(f"{iou[w + 1]:.2f}" for w in range(N)))
     proto_names = ["background"] + [f"way {w + 1} ({n})" for w, n in enumerate(names)]
     cosine = upsample_scores(maps["cosine"][query:query + 1], tuple(label.shape))[0]  # (1 + N, H, W)
@@ -186,12 +176,13 @@ def plot_similarity(maps: dict, item: dict, class_names: Sequence[str] | None = 
         im_p = axes[1, j + 1].imshow(maps["probs"][query, j].numpy(), cmap="viridis", vmin=0, vmax=1)
         axes[1, j + 1].set_title(f"P({proto_names[j].split(' (')[0]})\nalpha = {maps['alpha']:.3g}", fontsize=8)
         for row in (0, 1):
-            _contours(axes[row, j + 1], label, N)
+            outline(axes[row, j + 1], label, N, linewidth=1.4)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     bottom.colorbar(im_cos, ax=axes[0].tolist(), shrink=0.9, label="cosine")
     bottom.colorbar(im_p, ax=axes[1].tolist(), shrink=0.9, label="probability")
+    bottom.legend(handles=outcome_handles(), loc="outside lower left", ncols=3, fontsize=8, frameon=False)
     return fig
 
 
