@@ -6,12 +6,12 @@ import json
 import math
 import sys
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 from inspect import signature
 
 from .demo import DemoConfig
-from .evaluate import EvalConfig
-from .options import add_options, int_tuple, pick
+from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
+from .options import add_options, flag_name, int_tuple, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
 from .train import TrainConfig
 
@@ -239,11 +239,6 @@ def cmd_test(args) -> int:
 def _eval_config(args):
     """The test settings: the flags given, and the protocol's own defaults for those not given
     (`--protocol hsnet` alone means HSNet's test: 1 run of 1,000 episodes, seed 0, 400 px)."""
-    from dataclasses import fields
-
-    from .evaluate import PROTOCOL_DEFAULTS
-    from .options import flag_name
-
     cfg = pick(args, EvalConfig)
     flags = {f.name: "--" + flag_name(f) for f in fields(EvalConfig)}
     preset = {k: v for k, v in PROTOCOL_DEFAULTS.get(cfg.protocol, {}).items() if flags[k] not in args.given}

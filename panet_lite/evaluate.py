@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from .data import PASCAL5I, SegmentationSource
 from .encoders import MIN_IMAGE_SIZE
-from .episodes import (HSNET_EPISODES, HSNET_SEED, HSNET_SIZE, Episode, EpisodeDataset, as_episodes, hsnet_episodes,
-                       hsnet_pairs)
+from .episodes import (HSNET_EPISODES, HSNET_SEED, HSNET_SIZE, Episode, EpisodeDataset, as_episodes,
+                       draw_hsnet_episodes, hsnet_pairs)
 from .files import DataError, ensure_writable_file
 from .metrics import IoUMeter, mean_std
 from .model import PANet
@@ -101,7 +101,8 @@ def _hsnet_draw(source: SegmentationSource, classes: Sequence[int], config: Eval
         raise ValueError("the hsnet protocol is 1-way with one query and one run of fixed episodes: use --ways 1, "
                          "--queries 1 and --runs 1")
     fold = folds[0]
-    listed = sorted({image_id for image_id, _ in hsnet_pairs(fold)})
+    pairs = hsnet_pairs(fold)
+    listed = sorted({image_id for image_id, _ in pairs})
     known = set(source.ids())
     missing = [image_id for image_id in listed if image_id not in known]
     if missing:
@@ -109,7 +110,7 @@ def _hsnet_draw(source: SegmentationSource, classes: Sequence[int], config: Eval
         raise DataError(f"{len(missing)} of the {len(listed)} images of HSNet's fold-{fold} list are not in the "
                         f"prepared val split of {where} (the first: {missing[0]}); prepare VOC 2012 + SBD in full: "
                         f"`python -m panet_lite prepare pascal --root DIR`")
-    return as_episodes(hsnet_episodes(fold, config.shots, config.episodes, config.seed), classes)
+    return as_episodes(draw_hsnet_episodes(pairs, config.shots, config.episodes, config.seed), classes)
 
 
 def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], config: EvalConfig,
