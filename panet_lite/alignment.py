@@ -24,13 +24,18 @@ def query_prototypes(query_features: torch.Tensor, query_scores: torch.Tensor) -
     return pooled / (area.unsqueeze(-1) + EPS), area[:, 1:] > 0
 
 
-def alignment_loss(support_features: torch.Tensor, query_features: torch.Tensor, query_scores: torch.Tensor,
-                   support_fg: torch.Tensor, support_bg: torch.Tensor) -> torch.Tensor:
-    """PAR: cross-entropy of the supports re-segmented from query prototypes, averaged over the batch.
+def alignment_terms(support_features: torch.Tensor, query_features: torch.Tensor, query_scores: torch.Tensor,
+                    support_fg: torch.Tensor, support_bg: torch.Tensor) -> dict:
+    """PAR before its reduction: every support re-segmented from the query, and its loss term.
 
     support_features: (B, N, K, C, h, w); query_features: (B, Q, C, h, w);
     query_scores: (B, Q, 1 + N, h, w) (before upsampling); support_fg, support_bg: (B, N, K, H, W).
-    Each (way, shot) term is divided by N and K; ways absent from the query prediction are skipped.
+    Returns a dict:
+      query_prototypes (B, 1 + N, C)   [query bg, query way 1, ..., way N], pooled over the queries
+      present (B, N)                   whether the query prediction holds way w (else it is skipped)
+      logits (B, N, K, 2, H, W)        support (w, k) scored against [query bg, query way w], upsampled
+      target (B, N, K, H, W)           1 on the support's foreground, then 0 on its background, else 255
+      terms (B, N, K)                  the cross-entropy of each support over its non-ignored pixels
     """
     B, N, K = support_fg.shape[:3]
     H, W = support_fg.shape[-2:]
@@ -47,6 +52,18 @@ def alignment_loss(support_features: torch.Tensor, query_features: torch.Tensor,
     label[support_bg.flatten(0, 2) == 1] = 0  # written last, as in the authors' code
     ce = F.cross_entropy(logits, label, ignore_index=IGNORE, reduction="none").flatten(1)
     n_valid = (label != IGNORE).flatten(1).sum(dim=1).clamp_min(1)  # an all-ignored image adds 0, not NaN
-    per_image = (ce.sum(dim=1) / n_valid).view(B, N, K)
-    per_episode = (per_image * present.unsqueeze(-1)).sum(dim=(1, 2)) / (N * K)
+    return {"query_prototypes": protos, "present": present, "logits": logits.view(B, N, K, 2, H, W),
+            "target": label.view(B, N, K, H, W), "terms": (ce.sum(dim=1) / n_valid).view(B, N, K)}
+
+
+def alignment_loss(support_features: torch.Tensor, query_features: torch.Tensor, query_scores: torch.Tensor,
+                   support_fg: torch.Tensor, support_bg: torch.Tensor) -> torch.Tensor:
+    """PAR: cross-entropy of the supports re-segmented from query prototypes, averaged over the batch.
+
+    Shapes as in `alignment_terms`. Each (way, shot) term is divided by N and K; ways absent from
+    the query prediction are skipped (the divisor stays N K).
+    """
+    N, K = support_fg.shape[1:3]
+    parts = alignment_terms(support_features, query_features, query_scores, support_fg, support_bg)
+    per_episode = (parts["terms"] * parts["present"].unsqueeze(-1)).sum(dim=(1, 2)) / (N * K)
     return per_episode.mean()

@@ -75,3 +75,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and population std (ddof=0, as numpy's np.std in the authors' code) over runs."""
     t = torch.tensor(list(values), dtype=torch.float64)
     return t.mean().item(), t.std(unbiased=False).item() if len(t) > 1 else 0.0
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean of the paired differences a_i - b_i and its standard error, sd(ddof=1) / sqrt(n).
+
+    For two models tested on the same runs (run i: the same episodes for both), the pairs share
+    each run's difficulty, which the difference cancels; comparing the two means with the runs'
+    unpaired std would count that shared noise twice. Needs at least two pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same number of runs, got {len(a)} and {len(b)}")
+    if len(a) < 2:
+        raise ValueError("a standard error needs at least two paired runs")
+    d = torch.tensor(list(a), dtype=torch.float64) - torch.tensor(list(b), dtype=torch.float64)
+    return d.mean().item(), (d.std(unbiased=True) / math.sqrt(len(d))).item()

@@ -111,3 +111,65 @@ def later_markdown(dataset: str, ways: int = 1) -> str:
     used = sorted({r.test for r in rows})
     lines += [""] + [f"- `{t}`: {TESTS[t]}" for t in used]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the lineage
+
+@dataclass(frozen=True)
+class LineageEntry:
+    method: str
+    year: int
+    change: str  # what it changed, in one line
+    backbone: str | None
+    one_shot: float | None  # PASCAL-5i 1-way mean mIoU, where we could read it
+    five_shot: float | None
+    read_from: str  # where the numbers were read, and how directly
+
+
+_ABSTRACT = "the paper's abstract"
+
+
+def _means(method: str) -> tuple[float, float]:
+    """PASCAL-5i 1-shot and 5-shot means of PANet or of a method in LATER_RESULTS, from those tables."""
+    if method == "PANet":
+        return paper_result("pascal5i", 1, 1).mean, paper_result("pascal5i", 1, 5).mean
+    means = {r.shots: r.mean for r in LATER_RESULTS if r.method == method and r.dataset == "pascal5i"}
+    return means[1], means[5]
+
+
+LINEAGE = (
+    LineageEntry("OSLSM", 2017, "the first PASCAL-5i benchmark; a conditioning branch turns the masked support "
+                 "image into the weights of a classifier for the query", None, 40.8, 43.9,
+                 "implied by CANet's abstract (55.4 - 14.6, 57.1 - 13.2)"),
+    LineageEntry("co-FCN", 2018, "conditional FCN: support features with their mask are pooled and concatenated to "
+                 "the query's features", None, None, None, "not read: see the co-FCN and PANet papers"),
+    LineageEntry("SG-One", 2018, "masked average pooling of support features into one guidance vector; cosine "
+                 "similarity guides the query's segmentation", None, 46.3, 47.1,
+                 "implied by PANet's abstract (48.1 - 1.8, 55.7 - 8.6: the state of the art it surpassed)"),
+    LineageEntry("CANet", 2019, "dense comparison of support and query features, then iterative refinement "
+                 "with a learned head", "resnet50", 55.4, 57.1, _ABSTRACT),
+    LineageEntry("PANet", 2019, "no learned head: prototypes by masked average pooling, cosine matching, and "
+                 "prototype alignment (PAR) in training", "vgg16", *_means("PANet"), _ABSTRACT),
+    LineageEntry("PFENet", 2020, "a training-free prior mask from high-level features and a multi-scale feature "
+                 "enrichment module", "resnet50", 60.8, 61.9,
+                 "as listed in the comparison table of chunbolang/DCP's README"),
+    LineageEntry("HSNet", 2021, "multi-layer 4-D correlations between support and query features, squeezed by "
+                 "center-pivot 4-D convolutions; its fixed test lists became the common test", "resnet50", 64.0, 69.5,
+                 "as listed in the comparison table of chunbolang/BAM's README"),
+    LineageEntry("MLC baseline", 2021, "PANet-style matching on ResNet-50 without its last stage, no final ReLU, "
+                 "frozen BatchNorm: a strong prototype baseline", "resnet50", *_means("MLC baseline"), _MLC),
+    LineageEntry("SSP", 2022, "self-support matching: prototypes of the query's own confident pixels refine the "
+                 "support prototypes", "resnet50", *_means("SSP"), _SSP),
+)
+
+
+def lineage_markdown() -> str:
+    """The lineage as Markdown: each method, what it changed, and its PASCAL-5i numbers with their source.
+    The numbers come from different tests and backbones (see TESTS): read them as history, not as a ranking."""
+    lines = ["| method | year | what it changed | backbone | 1-shot | 5-shot | numbers read from |",
+             "|---|---|---|---|---|---|---|"]
+    for e in LINEAGE:
+        cells = [f"{v:.1f}" if v is not None else "" for v in (e.one_shot, e.five_shot)]
+        lines.append(f"| {e.method} | {e.year} | {e.change} | {e.backbone or ''} | {cells[0]} | {cells[1]} | "
+                     f"{e.read_from} |")
+    return "\n".join(lines)

@@ -20,16 +20,19 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from IPython.display import display
+from torch.utils.data import DataLoader
 
+from .alignment import alignment_loss, alignment_terms
 from .data import IGNORE, SegmentationSource, fold_classes, train_classes
 from .episodes import EpisodeDataset, resize_pair
+from .evaluate import predict
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .metrics import IoUMeter
 from .model import PANet
 from .pooling import episode_prototypes, masked_average_pool
 # The figures live in viz, the plotting home; plot_episode is re-exported for the widget's users.
-from .viz import (BACKGROUND_COLOR, WAY_COLORS, ground_truth, outcome, outcome_handles, outline,  # noqa: F401
-                  plot_episode, support_panel)
+from .viz import (BACKGROUND_COLOR, WAY_COLORS, ground_truth, label_to_rgb, outcome, outcome_handles,  # noqa: F401
+                  outline, overlay, plot_episode, support_panel)
 
 MAX_WAYS = len(WAY_COLORS)
 MAX_SHOTS = 5
@@ -258,7 +261,11 @@ def plot_projection(proj: dict, class_names: Sequence[str] | None = None, ax=Non
     ax.set_xlabel(f"PC 1 ({100 * ev[0]:.0f}% of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ev[1]:.0f}% of variance)")
     ax.set_title(f"query pixels and prototypes, PCA of {space}", fontsize=10)
-    ax.legend(fontsize=7, markerscale=1.0, loc="best", framealpha=0.8)
+    legend = ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    for handle in legend.legend_handles:  # the pixel dots are tiny and faint: full-size, opaque swatches
+        if handle.get_label().endswith(" pixels") or getattr(handle, "get_sizes", lambda: [99])()[0] < 10:
+            handle.set_alpha(1.0)
+            handle.set_sizes([36])
     ax.grid(alpha=0.25)
     return ax
 
@@ -286,7 +293,7 @@ class _View:
         self._shown = False
         for control in controls:
             control.observe(self._on_change, names="value")
-        self.compute()
+        self.update()
 
     @property
     def ui(self) -> widgets.VBox:
@@ -297,11 +304,16 @@ class _View:
         return self._ui
 
     def _on_change(self, change=None) -> None:
-        self.update()
+        if not getattr(self, "_busy", False):  # a control that compute() itself adjusts changes nothing twice
+            self.update()
 
     def update(self) -> dict:
         """Recompute from the controls' values (and redraw if shown); returns the new state."""
-        self.compute()
+        self._busy = True
+        try:
+            self.compute()
+        finally:
+            self._busy = False
         if self._shown:
             self.render()
         return self.state
@@ -336,7 +348,7 @@ class EpisodeBrowser(_View):
         self.source, self.queries, self.size = source, queries, size
         self.fold = _slider(widgets.IntSlider, "fold", fold, 0, 3)
         self.split = widgets.ToggleButtons(options=[("held-out classes", "test"), ("training classes", "train")],
-                                           value=split, style={"button_width": "120px"})
+                                           value=split, style={"button_width": "150px"})
         self.ways = _slider(widgets.IntSlider, "ways (N)", ways, 1, MAX_WAYS)
         self.shots = _slider(widgets.IntSlider, "shots (K)", shots, 1, MAX_SHOTS)
         self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed",
@@ -354,28 +366,36 @@ class EpisodeBrowser(_View):
 
 
 class _EncodedEpisodeView(_View):
-    """A view of one test episode drawn with `max_shots` shots and encoded once: controls for the seed,
-    the episode index, the ways and the shots used (the first k, so the query stays while k changes)."""
+    """A view of one episode drawn with `max_shots` shots and encoded once: controls for the seed,
+    the episode index, the ways and the shots used (the first k, so the query stays while k changes).
+    Episodes come from the fold's held-out classes (`split="test"`) or its training classes."""
 
     def _episode_controls(self, model: PANet, source: SegmentationSource, fold: int, ways: int, shots: int,
-                          seed: int, index: int, max_shots: int, size: int | None) -> list:
+                          seed: int, index: int, max_shots: int, size: int | None, split: str = "test",
+                          queries: int = 1, max_ways: int = 3) -> list:
         self.model, self.source, self.fold, self.max_shots, self.size = model, source, fold, max_shots, size
+        self.classes, self.queries = split_classes(fold, split, source.num_classes), queries
         self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed",
                                            layout=widgets.Layout(width="160px"))
         self.index = _slider(widgets.IntSlider, "episode", index, 0, 99)
-        self.ways = _slider(widgets.IntSlider, "ways (N)", ways, 1, 3)
+        self.ways = _slider(widgets.IntSlider, "ways (N)", ways, 1, max_ways)
         self.shots = _slider(widgets.IntSlider, "shots (K)", shots, 1, max_shots)
-        self._cache: tuple | None = None
+        self._drawn: tuple | None = None
+        self._encoded: dict = {}
         return [self.seed, self.index, self.ways, self.shots]
 
-    def episode(self):
-        """(Episode, item, features) of the current seed / index / ways, encoded once and cached."""
+    def episode(self, model: PANet | None = None):
+        """(Episode, item, features) of the current seed / index / ways, drawn once and encoded once
+        per model (`self.model` by default)."""
+        model = self.model if model is None else model
         key = (self.seed.value, self.index.value, self.ways.value)
-        if self._cache is None or self._cache[0] != key:
-            episode, item = load_episode(self.source, fold_classes(self.fold, self.source.num_classes), self.ways.value,
-                                         self.max_shots, self.seed.value, self.index.value, size=self.size)
-            self._cache = (key, episode, item, encode_episode(self.model, item))
-        return self._cache[1:]
+        if self._drawn is None or self._drawn[0] != key:
+            self._drawn = (key, *load_episode(self.source, self.classes, self.ways.value, self.max_shots,
+                                              self.seed.value, self.index.value, self.queries, self.size))
+            self._encoded = {}
+        if id(model) not in self._encoded:
+            self._encoded[id(model)] = encode_episode(model, self._drawn[2])
+        return self._drawn[1], self._drawn[2], self._encoded[id(model)]
 
 
 class SimilarityMapWidget(_EncodedEpisodeView):
@@ -441,3 +461,432 @@ class PrototypeProjection(_EncodedEpisodeView):
         plot_projection(self.state, names, ax=ax)
         fig.tight_layout()
         return fig
+
+
+# ----------------------------------------------------------------------------- one query pixel
+
+def pixel_cosine(maps: dict, item: dict, y: int, x: int, query: int = 0) -> dict:
+    """What PANet's matching sees at one query pixel (y, x) of `similarity_maps(...)`.
+
+    The cosine maps live at feature resolution; a pixel's values are their bilinear upsampling,
+    the same that turns scores into logits (upsampling is linear, so the logit of prototype j at
+    the pixel is alpha times its upsampled cosine, and the argmax of either is the prediction).
+    Returns cosine, logits and probs (1 + N,) over [bg, way 1, ..., way N], pred (the label
+    predicted there) and label (the ground truth there: 0, a way, or 255).
+    """
+    H, W = item["query_labels"].shape[-2:]
+    if not (0 <= y < H and 0 <= x < W):
+        raise ValueError(f"pixel (y={y}, x={x}) is outside the {H}x{W} query")
+    cosine = upsample_scores(maps["cosine"][query:query + 1], (H, W))[0, :, y, x]
+    logits = maps["logits"][query, :, y, x]
+    return {"y": y, "x": x, "query": query, "cosine": cosine, "logits": logits, "probs": logits.softmax(dim=0),
+            "pred": int(maps["pred"][query, y, x]), "label": int(item["query_labels"][query, y, x])}
+
+
+def _mark(ax, y: int, x: int) -> None:
+    ax.plot([x], [y], marker="+", markersize=16, markeredgewidth=4, color="white")
+    ax.plot([x], [y], marker="+", markersize=14, markeredgewidth=1.8, color="black")
+
+
+def _bars(ax, values, colors, names, highlight: int, ylabel: str, fmt: str, lim=None) -> None:
+    """One bar per label, the highlighted one edged in black, each with its value written on it."""
+    bars = ax.bar(range(len(values)), values, color=colors, edgecolor="black",
+                  linewidth=[2.2 if j == highlight else 0 for j in range(len(values))])
+    ax.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize=8, padding=2)
+    ax.set_xticks(range(len(values)), names, fontsize=8, rotation=20 if len(values) > 3 else 0)
+    ax.set_ylabel(ylabel, fontsize=9)
+    if lim is not None:
+        ax.set_ylim(*lim)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_pixel_cosine(maps: dict, item: dict, pixel: dict, class_names: Sequence[str] | None = None,
+                      size: float = 2.6):
+    """One query pixel: where it is (the ground truth outlined), what was predicted, its cosine to
+    every prototype and the softmax probabilities at alpha. Returns the figure."""
+    N = maps["prototypes"].shape[0] - 1
+    names = ["background"] + (list(class_names) if class_names else [f"way {w + 1}" for w in range(N)])
+    colors = [BACKGROUND_COLOR, *WAY_COLORS[:N]]
+    q, y, x = pixel["query"], pixel["y"], pixel["x"]
+    fig, axes = plt.subplots(1, 4, figsize=(4 * size + 0.6, size + 0.6), width_ratios=(1, 1, 1.25, 1.25),
+                             layout="constrained")
+    label = item["query_labels"][q]
+    truth = "ignored (255)" if pixel["label"] == IGNORE else names[pixel["label"]]
+    ground_truth(axes[0], item["query_images"][q], label, N, title=f"pixel (y {y}, x {x})\nground truth: {truth}")
+    right = "right" if pixel["pred"] == pixel["label"] else ("not scored" if pixel["label"] == IGNORE else "wrong")
+    outcome(axes[1], item["query_images"][q], maps["pred"][q], label,
+            title=f"prediction: {names[pixel['pred']]}\n({right})")
+    for ax in axes[:2]:
+        _mark(ax, y, x)
+    _bars(axes[2], pixel["cosine"].tolist(), colors, names, pixel["pred"], "cosine to the prototype", ".3f")
+    axes[2].set_title("cosine: the largest wins", fontsize=9)
+    _bars(axes[3], pixel["probs"].tolist(), colors, names, pixel["pred"], "probability", ".2f", lim=(0, 1.15))
+    axes[3].set_title(f"softmax of alpha x cosine, alpha = {maps['alpha']:.3g}", fontsize=9)
+    return fig
+
+
+class PixelCosineWidget(_EncodedEpisodeView):
+    """Pick a query pixel with two sliders and see its cosine to every prototype of the episode.
+
+    Episode controls as in SimilarityMapWidget; `state` is `pixel_cosine(...)` of the current
+    pixel plus "maps" (the episode's `similarity_maps`) and "class_ids".
+    """
+
+    def __init__(self, model: PANet, source: SegmentationSource, fold: int = 0, ways: int = 1, shots: int = 1,
+                 seed: int = 1234, index: int = 0, y: int | None = None, x: int | None = None,
+                 max_shots: int = MAX_SHOTS, size: int | None = None) -> None:
+        controls = self._episode_controls(model, source, fold, ways, shots, seed, index, max_shots, size)
+        H, W = self.episode()[1]["query_labels"].shape[-2:]
+        self.y = _slider(widgets.IntSlider, "pixel y (row)", H // 2 if y is None else y, 0, H - 1)
+        self.x = _slider(widgets.IntSlider, "pixel x (column)", W // 2 if x is None else x, 0, W - 1)
+        self._start(controls + [self.y, self.x])
+
+    def compute(self) -> dict:
+        _, self.item, features = self.episode()
+        maps = similarity_maps(self.model, self.item, shots=self.shots.value, features=features)
+        self.state = pixel_cosine(maps, self.item, self.y.value, self.x.value)
+        self.state |= {"maps": maps, "class_ids": self.item["class_ids"].tolist()}
+        return self.state
+
+    def figure(self):
+        names = [self.source.class_names[c - 1] for c in self.state["class_ids"]]
+        return plot_pixel_cosine(self.state["maps"], self.item, self.state, names)
+
+
+# ----------------------------------------------------------------------------- PAR, step by step
+
+DROPPED_SCORE = -100.0  # below any alpha * cosine (>= -alpha): the way never wins the argmax
+
+
+@torch.no_grad()
+def alignment_steps(item: dict, features: tuple[torch.Tensor, torch.Tensor], shots: int | None = None,
+                    drop_ways: Sequence[int] = ()) -> dict:
+    """PAR on one episode, every step kept: the forward matching, the query's prediction at feature
+    resolution, the query prototypes, each support re-segmented and its loss term.
+
+    `features` are (support, query) features from `encode_episode`; the first `shots` supports of
+    each way are used. `drop_ways` (0-based) are forced out of the query prediction (their score
+    set to DROPPED_SCORE everywhere, as happens when a way loses every pixel early in training),
+    so that PAR skips them. Returns a dict: query_scores (Q, 1 + N, h, w), query_pred (Q, h, w),
+    query_prototypes (1 + N, C), present (N,), logits (N, k, 2, H, W), target (N, k, H, W),
+    terms (N, k), loss (the terms kept, summed, over N k) and package_loss (`alignment_loss` on the
+    same inputs: always equal to loss).
+    """
+    support_feats, query_feats = features
+    K = support_feats.shape[1] if shots is None else shots
+    s, fg, bg = support_feats[None, :, :K], item["support_fg"][None, :, :K], item["support_bg"][None, :, :K]
+    q = query_feats[None]
+    N = s.shape[1]
+    scores = prototype_scores(q, episode_prototypes(s, fg, bg))  # (1, Q, 1 + N, h, w)
+    for w in drop_ways:
+        if not 0 <= w < N:
+            raise ValueError(f"drop_ways holds way index {w}, outside 0..{N - 1}")
+        scores[:, :, 1 + w] = DROPPED_SCORE
+    parts = {k: v[0] for k, v in alignment_terms(s, q, scores, fg, bg).items()}
+    loss = (parts["terms"] * parts["present"][:, None]).sum() / (N * K)
+    return parts | {"query_scores": scores[0], "query_pred": scores[0].argmax(dim=1), "shots": K,
+                    "loss": loss.item(), "package_loss": alignment_loss(s, q, scores, fg, bg).item(),
+                    "dropped": sorted(set(drop_ways))}
+
+
+def alignment_summary(steps: dict, class_names: Sequence[str] | None = None) -> str:
+    """The loss as a sum of its terms, one way per line, e.g. for a figure's title."""
+    terms, present = steps["terms"], steps["present"]
+    N, K = terms.shape
+    names = list(class_names) if class_names else [f"way {w + 1}" for w in range(N)]
+    lines = []
+    for w in range(N):
+        if present[w]:
+            lines.append(f"way {w + 1} ({names[w]}): " + " + ".join(f"{t:.3f}" for t in terms[w].tolist()))
+        else:
+            why = "forced out" if w in steps["dropped"] else "not in the query prediction"
+            lines.append(f"way {w + 1} ({names[w]}): skipped ({why})")
+    kept = int(present.sum()) * K
+    lines.append(f"PAR loss = (sum of the {kept} terms kept) / (N K = {N} x {K}) = {steps['loss']:.4f}")
+    return "\n".join(lines)
+
+
+def plot_alignment(steps: dict, item: dict, way: int = 0, class_names: Sequence[str] | None = None,
+                   size: float = 2.0):
+    """Top: each query's ground truth and its prediction at feature resolution (the regions the query
+    prototypes average). Below, one row per shot of way `way` (0-based): the support and its mask,
+    the PAR target (white: ignored), the re-segmentation by [query bg, query way] and the foreground
+    probability, titled with the shot's loss term. Returns the figure."""
+    N, K = steps["terms"].shape
+    Q = steps["query_pred"].shape[0]
+    names = list(class_names) if class_names else [f"way {w + 1}" for w in range(N)]
+    cols = max(4, 2 * Q)
+    fig, axes = plt.subplots(1 + K, cols, figsize=(size * cols, size * (1 + K) + 0.18 * (N + 1) + 0.3),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    h, w_ = steps["query_pred"].shape[-2:]
+    for q in range(Q):
+        ground_truth(axes[0, 2 * q], item["query_images"][q], item["query_labels"][q], N,
+                     title=f"query {q + 1}: ground truth")
+        axes[0, 2 * q + 1].imshow(label_to_rgb(steps["query_pred"][q], N), interpolation="nearest")
+        axes[0, 2 * q + 1].set_title(f"its prediction at {h}x{w_}", fontsize=9)
+    skipped = not bool(steps["present"][way])
+    for k in range(K):
+        row = axes[1 + k]
+        image, fg = item["support_images"][way, k], item["support_fg"][way, k]
+        support_panel(row[0], image, fg, way, N, f"support: way {way + 1}, shot {k + 1}")
+        target = steps["target"][way, k].clone()
+        target[target == 1] = way + 1
+        row[1].imshow(label_to_rgb(target, N), interpolation="nearest")
+        row[1].set_title("target (white: ignored)", fontsize=9)
+        logits = steps["logits"][way, k]
+        overlay(row[2], image, logits.argmax(dim=0) * (way + 1), N,
+                title="zero prototype: no way" if skipped else "re-segmented by the query")
+        row[3].imshow(logits.softmax(dim=0)[1].numpy(), cmap="magma", vmin=0, vmax=1)
+        term = steps["terms"][way, k].item()
+        row[3].set_title("skipped: adds 0" if skipped else f"P(fg); CE {term:.3f} / {N * K}", fontsize=9)
+        for ax in row[:4]:
+            ax.axis("on")
+    fig.suptitle(alignment_summary(steps, names), fontsize=9, family="monospace")
+    return fig
+
+
+class AlignmentWidget(_EncodedEpisodeView):
+    """PAR step by step on one training episode: pick the episode, its ways and shots, the way to
+    show, and force that way out of the query prediction to see the skipped-way case and the
+    N K divisor that stays.
+
+    Episodes are drawn from the fold's training classes (PAR is a training loss) with `queries`
+    queries; `state` is `alignment_steps(...)` plus "way" (0-based) and "class_ids".
+    """
+
+    def __init__(self, model: PANet, source: SegmentationSource, fold: int = 0, ways: int = 2, shots: int = 1,
+                 seed: int = 1234, index: int = 0, way: int = 1, drop: bool = False, queries: int = 1,
+                 max_shots: int = 3, split: str = "train", size: int | None = None) -> None:
+        controls = self._episode_controls(model, source, fold, ways, shots, seed, index, max_shots, size,
+                                          split=split, queries=queries)
+        self.way = _slider(widgets.IntSlider, "way to show", way, 1, ways)
+        self.drop = widgets.Checkbox(value=drop, description="force this way out of the query prediction",
+                                     indent=False, layout=widgets.Layout(width="320px"))
+        self._start(controls + [self.way, self.drop])
+
+    def compute(self) -> dict:
+        _, self.item, features = self.episode()
+        N = self.ways.value
+        self.way.max = N  # fewer ways: the slider follows (and clamps its value)
+        way = self.way.value - 1
+        self.state = alignment_steps(self.item, features, self.shots.value, [way] if self.drop.value else [])
+        self.state |= {"way": way, "class_ids": self.item["class_ids"].tolist()}
+        return self.state
+
+    def figure(self):
+        names = [self.source.class_names[c - 1] for c in self.state["class_ids"]]
+        return plot_alignment(self.state, self.item, self.state["way"], names)
+
+
+# ----------------------------------------------------------------------------- models side by side
+
+def plot_model_swap(state: dict, item: dict, class_names: Sequence[str] | None = None, size: float = 2.4):
+    """The supports (top); the query's ground truth, the chosen model's prediction scored pixel by
+    pixel, and every model's IoU on this episode, the chosen one edged in black. Returns the figure."""
+    maps = state["maps"][state["model"]]
+    N, k = maps["prototypes"].shape[0] - 1, maps["shots"]
+    names = list(class_names) if class_names else [f"way {w + 1}" for w in range(N)]
+    n_thumbs = max(N * k, 4)
+    width = 3 * size + 2.4
+    top_h = 0.9 * width / n_thumbs + 0.3
+    fig = plt.figure(figsize=(width, top_h + size + 0.9), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(top_h, size + 0.9))
+    for j, ax in enumerate(top.subplots(1, n_thumbs, squeeze=False)[0]):
+        ax.axis("off")
+        if j < N * k:
+            w, s = divmod(j, k)
+            support_panel(ax, item["support_images"][w, s], item["support_fg"][w, s], w, N,
+                          f"way {w + 1} ({names[w]}), shot {s + 1}" if N * k <= 4 else f"w{w + 1} s{s + 1}")
+    axes = bottom.subplots(1, 3, width_ratios=(1, 1, 1.6))
+    label = item["query_labels"][0]
+    ground_truth(axes[0], item["query_images"][0], label, N, title="query: ground truth")
+    iou = maps["iou"]
+    outcome(axes[1], item["query_images"][0], maps["pred"][0], label,
+            title=f"{state['model']}\nIoU " + ", ".join(f"{iou[w + 1]:.2f}" for w in range(N)))
+    models = list(state["maps"])
+    values = [state["maps"][m]["miou"] for m in models]
+    chosen = models.index(state["model"])
+    bars = axes[2].barh(range(len(models)), values, color=[WAY_COLORS[2] if i == chosen else BACKGROUND_COLOR
+                                                           for i in range(len(models))],
+                        edgecolor="black", linewidth=[2 if i == chosen else 0 for i in range(len(models))])
+    axes[2].bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
+    axes[2].set_yticks(range(len(models)), models, fontsize=8)
+    axes[2].invert_yaxis()
+    axes[2].set_xlim(0, 1.15)
+    axes[2].set_xlabel("IoU on this episode" if N == 1 else f"mean IoU of the {N} ways", fontsize=9)
+    axes[2].grid(axis="x", alpha=0.3)
+    bottom.legend(handles=outcome_handles(), loc="outside lower left", ncols=3, fontsize=8, frameon=False)
+    return fig
+
+
+class ModelSwapWidget(_EncodedEpisodeView):
+    """The same test episode under several models (e.g. untrained, trained without PAR, trained
+    with PAR): a toggle picks the model whose prediction is shown; every model's IoU is drawn.
+
+    `models` maps a name to a PANet; `state` holds "model" (the chosen name), "maps" (name ->
+    `similarity_maps`), "miou" (name -> the episode's mean IoU of its ways) and "class_ids".
+    """
+
+    def __init__(self, models: dict, source: SegmentationSource, fold: int = 0, ways: int = 1, shots: int = 1,
+                 seed: int = 1234, index: int = 0, model: str | None = None, max_shots: int = MAX_SHOTS,
+                 size: int | None = None) -> None:
+        if not models:
+            raise ValueError("give at least one model, as {name: PANet}")
+        self.models = dict(models)
+        chosen = next(iter(self.models)) if model is None else model
+        if chosen not in self.models:
+            raise ValueError(f"model {chosen!r} is not one of {list(self.models)}")
+        controls = self._episode_controls(self.models[chosen], source, fold, ways, shots, seed, index, max_shots, size)
+        self.choice = widgets.ToggleButtons(options=list(self.models), value=chosen, description="model",
+                                            style={"button_width": "auto"})
+        self._start([self.choice] + controls)
+
+    def compute(self) -> dict:
+        maps = {}
+        for name, model in self.models.items():
+            episode, self.item, features = self.episode(model)
+            maps[name] = similarity_maps(model, self.item, shots=self.shots.value, features=features)
+        self.state = {"model": self.choice.value, "maps": maps, "miou": {n: m["miou"] for n, m in maps.items()},
+                      "episode": episode, "class_ids": self.item["class_ids"].tolist()}
+        return self.state
+
+    def figure(self):
+        names = [self.source.class_names[c - 1] for c in self.state["class_ids"]]
+        fig = plot_model_swap(self.state, self.item, names)
+        fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}", fontsize=10)
+        return fig
+
+
+# ----------------------------------------------------------------------------- the metric, episode by episode
+
+METERS = {"faithful": False, "corrected": True}  # name -> IoUMeter's count_absent_fp
+
+
+@torch.no_grad()
+def episode_counts(model: PANet, source: SegmentationSource, classes: Sequence[int], ways: int = 1, shots: int = 1,
+                   episodes: int = 100, seed: int = 1234, size: int | None = None, batch_size: int = 25) -> dict:
+    """Predict `episodes` test episodes (one query each, the sampler's stream `seed`: with seed 1234
+    the episodes of `evaluate`'s first run) and keep each episode's own TP, FP and FN per global
+    class under both meters. Returns {"faithful": (3, E, C + 1), "corrected": (3, E, C + 1)}
+    (rows TP, FP, FN; column 0 is background)."""
+    dataset = EpisodeDataset(source, classes, episodes, ways, shots, 1, seed=seed, size=size)
+    device = next(model.parameters()).device
+    model.eval()
+    counts = {name: torch.zeros(3, episodes, source.num_classes + 1, dtype=torch.float64) for name in METERS}
+    e = 0
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        pred = predict(model, batch, device).cpu()
+        for b in range(pred.shape[0]):
+            for name, absent in METERS.items():
+                meter = IoUMeter(source.num_classes, count_absent_fp=absent)
+                meter.update(pred[b], batch["query_labels"][b], batch["class_ids"][b])
+                counts[name][:, e] = torch.stack([meter.tp, meter.fp, meter.fn])
+            e += 1
+    return counts
+
+
+def _iou(tp_fp_fn: torch.Tensor) -> torch.Tensor:
+    tp, fp, fn = tp_fp_fn
+    union = tp + fp + fn
+    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(union, float("nan")))
+
+
+def metric_curves(counts: torch.Tensor, classes: Sequence[int]) -> dict:
+    """After each number of episodes n = 1..E, from one meter's per-episode counts (3, E, C + 1):
+      accumulated_class (E, c)    TP, FP, FN summed over episodes 1..n, then IoU (PANet's metric)
+      per_episode_class (E, c)    each episode's own IoU of the class, averaged over the episodes
+                                  1..n that recorded it
+      accumulated, per_episode (E,)  their means over the classes defined so far
+    for the `classes` given (c of them); NaN where a class has no episode yet."""
+    classes = list(classes)
+    accumulated = _iou(counts.cumsum(dim=1))[:, classes]
+    single = _iou(counts)[:, classes]  # (E, c): NaN where the episode recorded nothing for the class
+    seen = (~single.isnan()).cumsum(dim=0)
+    per_episode = torch.where(seen > 0, single.nan_to_num().cumsum(dim=0) / seen.clamp_min(1),
+                              torch.full_like(single, float("nan")))
+    return {"accumulated_class": accumulated, "per_episode_class": per_episode,
+            "accumulated": accumulated.nanmean(dim=1), "per_episode": per_episode.nanmean(dim=1)}
+
+
+def plot_metric(state: dict, class_names: Sequence[str]):
+    """Left: both averages against the number of episodes, for the chosen meter (the other meter's
+    accumulated mIoU faint), a line at n. Right: each class's IoU after n episodes, both ways.
+    Returns the figure."""
+    n, meter = state["episodes"], state["meter"]
+    curves, other = state["curves"][meter], state["curves"][next(m for m in METERS if m != meter)]
+    E = len(curves["accumulated"])
+    x = torch.arange(1, E + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), width_ratios=(1.3, 1), layout="constrained")
+    ax = axes[0]
+    ax.plot(x, 100 * curves["accumulated"], color=WAY_COLORS[1], linewidth=2, label="accumulated (PANet's mIoU)")
+    ax.plot(x, 100 * curves["per_episode"], color=WAY_COLORS[0], linewidth=2, linestyle="--",
+            label="mean of per-episode IoUs")
+    ax.plot(x, 100 * other["accumulated"], color=WAY_COLORS[1], linewidth=1, alpha=0.35,
+            label=f"accumulated, {'corrected' if meter == 'faithful' else 'faithful'} meter")
+    ax.axvline(n, color="black", linewidth=0.8)
+    ax.set_xlabel("episodes")
+    ax.set_ylabel("mIoU over the fold's classes")
+    ax.set_title(f"{state['ways']}-way {state['shots']}-shot, {meter} meter", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    c = torch.arange(len(class_names))
+    acc, per = curves["accumulated_class"][n - 1], curves["per_episode_class"][n - 1]
+    ax.bar(c - 0.2, 100 * acc.nan_to_num(), width=0.4, color=WAY_COLORS[1], label="accumulated")
+    ax.bar(c + 0.2, 100 * per.nan_to_num(), width=0.4, color=WAY_COLORS[0], label="per-episode mean")
+    for i in range(len(class_names)):
+        if acc[i].isnan():
+            ax.text(i, 2, "no episode\nyet", ha="center", fontsize=7)
+    ax.set_xticks(c.tolist(), class_names, fontsize=8, rotation=20)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("class IoU")
+    ax.set_title(f"after {n} episodes: mIoU {100 * curves['accumulated'][n - 1]:.1f} accumulated, "
+                 f"{100 * curves['per_episode'][n - 1]:.1f} per episode", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+class MetricWidget(_View):
+    """PANet's metric as the episodes come in: per-episode IoU against IoU accumulated over episodes,
+    the faithful meter against the corrected one on N-way episodes, and the number of episodes.
+
+    Each ways setting predicts `episodes` test episodes once (cached); moving the other controls
+    only re-reads the counts. `state` holds ways, shots, episodes (n), meter, curves
+    (meter -> `metric_curves`) and, after n episodes, accumulated_miou and per_episode_miou.
+    """
+
+    def __init__(self, model: PANet, source: SegmentationSource, fold: int = 0, ways: int = 1, shots: int = 1,
+                 episodes: int = 100, n: int | None = None, meter: str = "faithful", seed: int = 1234,
+                 size: int | None = None) -> None:
+        if meter not in METERS:
+            raise ValueError(f"meter must be one of {list(METERS)}, got {meter!r}")
+        self.model, self.source, self.shots, self.total, self.seed, self.size = model, source, shots, episodes, seed, size
+        self.classes = fold_classes(fold, source.num_classes)
+        self.ways = _slider(widgets.IntSlider, "ways (N)", ways, 1, 3)
+        self.episodes = _slider(widgets.IntSlider, "episodes", episodes if n is None else n, 1, episodes)
+        self.meter = widgets.ToggleButtons(options=list(METERS), value=meter, description="meter",
+                                           style={"button_width": "90px"})
+        self._counts: dict = {}
+        self._start([self.ways, self.episodes, self.meter])
+
+    def compute(self) -> dict:
+        ways = self.ways.value
+        if ways not in self._counts:
+            counts = episode_counts(self.model, self.source, self.classes, ways, self.shots, self.total, self.seed,
+                                    self.size)
+            self._counts[ways] = {name: metric_curves(c, self.classes) for name, c in counts.items()}
+        curves, n = self._counts[ways], self.episodes.value
+        chosen = curves[self.meter.value]
+        self.state = {"ways": ways, "shots": self.shots, "episodes": n, "meter": self.meter.value, "curves": curves,
+                      "accumulated_miou": chosen["accumulated"][n - 1].item(),
+                      "per_episode_miou": chosen["per_episode"][n - 1].item()}
+        return self.state
+
+    def figure(self):
+        return plot_metric(self.state, [self.source.class_names[c - 1] for c in self.classes])

@@ -249,3 +249,22 @@ def test_later_methods_rows_are_consistent_and_name_their_test():
     # SSP reports COCO-20i under two tests, several points apart.
     coco = {r.test: r.mean for r in later_results("coco20i", shots=1) if r.method == "SSP"}
     assert coco == {"mlc": 33.6, "hsnet-coco": 37.4}
+
+
+def test_lineage_is_ordered_and_shares_the_package_numbers():
+    from panet_lite import paper
+
+    years = [e.year for e in paper.LINEAGE]
+    assert years == sorted(years)
+    names = [e.method for e in paper.LINEAGE]
+    assert names[:5] == ["OSLSM", "co-FCN", "SG-One", "CANet", "PANet"] and names[-2:] == ["MLC baseline", "SSP"]
+    panet = paper.LINEAGE[names.index("PANet")]
+    assert (panet.one_shot, panet.five_shot) == (paper.paper_result("pascal5i", 1, 1).mean,
+                                                 paper.paper_result("pascal5i", 1, 5).mean)
+    for e in paper.LINEAGE:
+        later = {r.shots: r.mean for r in paper.later_results("pascal5i") if r.method == e.method}
+        if later:
+            assert (e.one_shot, e.five_shot) == (later[1], later[5])
+        assert e.read_from and (e.one_shot is None) == (e.five_shot is None)
+    table = paper.lineage_markdown()
+    assert table.count("\n") == len(paper.LINEAGE) + 1 and "| SSP | 2022 |" in table

@@ -94,3 +94,17 @@ def test_bad_input_is_a_clear_error():
 def test_mean_std_is_population_std():
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
     assert mean_std([0.4]) == (0.4, 0.0)
+
+
+def test_paired_difference_by_hand():
+    from panet_lite.metrics import paired_difference
+
+    # differences 2, -1, 5, 2: mean 2; squared deviations 0, 9, 9, 0 -> sd sqrt(18 / 3) = sqrt(6); SE sqrt(6) / 2
+    mean, se = paired_difference([10.0, 20.0, 35.0, 8.0], [8.0, 21.0, 30.0, 6.0])
+    assert mean == pytest.approx(2.0) and se == pytest.approx(6 ** 0.5 / 2)
+    # A constant shift has no spread: pairing removes the runs' shared difficulty entirely.
+    assert paired_difference([50.0, 60.0, 70.0], [49.0, 59.0, 69.0]) == pytest.approx((1.0, 0.0))
+    with pytest.raises(ValueError, match="same number"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least two"):
+        paired_difference([1.0], [2.0])

@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
 
 from panet_lite import checks  # noqa: E402
+from panet_lite.synthetic import write_voc_tree  # noqa: E402
 
 
 def test_ch01_solutions():
@@ -33,7 +34,26 @@ def test_ch04_solutions():
     assert checks.check_alignment_loss(ch04.my_alignment_loss)
 
 
+def test_ch05_solutions():
+    from solutions import ch05
+
+    assert checks.check_learning_rate(ch05.my_learning_rate)
+
+
 def test_ch06_solutions():
     from solutions import ch06
 
     assert checks.check_class_iou(ch06.my_class_iou)
+
+
+def test_ch07_solutions(tmp_path):
+    from solutions import ch07
+
+    assert checks.check_class_lists(ch07.my_class_lists, write_voc_tree(tmp_path, n_train=60, n_val=30, size=32))
+
+
+def test_ch08_solutions():
+    from solutions import ch08
+
+    assert checks.check_fold_summary(ch08.my_fold_summary)
+    assert checks.check_table_diagnosis(ch08.suspects)

@@ -7,12 +7,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from panet_lite import PANet, fold_classes, sample_episodes, train_classes  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from panet_lite import EpisodeDataset, IoUMeter, PANet, fold_classes, sample_episodes, train_classes  # noqa: E402
+from panet_lite.evaluate import EvalConfig, evaluate, predict  # noqa: E402
 from panet_lite.episodes import episode_labels  # noqa: E402
 from panet_lite.matching import upsample_scores  # noqa: E402
 from panet_lite.synthetic import SyntheticFewShot  # noqa: E402
-from panet_lite.widgets import (EpisodeBrowser, PrototypeProjection, SimilarityMapWidget, pca_2d,  # noqa: E402
-                                similarity_maps)
+from panet_lite.widgets import (AlignmentWidget, EpisodeBrowser, MetricWidget, ModelSwapWidget,  # noqa: E402
+                                PixelCosineWidget, PrototypeProjection, SimilarityMapWidget, alignment_steps,
+                                encode_episode, pca_2d, pixel_cosine, similarity_maps)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,11 +81,11 @@ def test_episode_browser_follows_its_controls(source):
 
 def test_similarity_maps_alpha_shots_and_prediction(model, source):
     widget = SimilarityMapWidget(model, source, fold=0, ways=1, shots=1, alpha=10.0, seed=3)
-    features = widget._cache[-1]
+    features = widget.episode()[2]
     s10 = widget.state
     widget.alpha.value = 20.0
     s20 = widget.state
-    assert widget._cache[-1] is features  # alpha reuses the encoded episode
+    assert widget.episode()[2] is features  # alpha reuses the encoded episode
     # alpha scales the maps exactly and never changes the argmax; it sharpens the softmax.
     assert torch.equal(s20["scores"], 2 * s10["scores"])
     assert torch.equal(s20["scores"], 20.0 * s20["cosine"])
@@ -143,3 +147,163 @@ def test_pca_is_deterministic_and_matches_centred_svd():
     assert torch.equal(basis, basis2)
     assert basis[:, 0].abs().argmax() == 0 and basis[0, 0] > 0
     assert explained[0] > explained[1] > 0
+
+
+def test_pixel_cosine_follows_the_sliders_and_explains_the_prediction(model, source):
+    view = PixelCosineWidget(model, source, fold=0, ways=2, shots=1, seed=4)
+    assert (view.y.value, view.x.value) == (16, 16) and (view.y.max, view.x.max) == (31, 31)
+    maps = view.state["maps"]
+    seen = set()
+    for y, x in [(0, 0), (5, 27), (31, 31), (16, 3)]:
+        view.y.value, view.x.value = y, x
+        s = view.state
+        assert (s["y"], s["x"]) == (y, x)
+        # The pixel's logits are alpha times its upsampled cosine (upsampling is linear), so the
+        # largest cosine is the prediction there, and the probabilities are their softmax.
+        torch.testing.assert_close(s["logits"], 20.0 * s["cosine"], rtol=1e-5, atol=1e-5)
+        assert s["pred"] == int(s["cosine"].argmax()) == int(maps["pred"][0, y, x])
+        torch.testing.assert_close(s["probs"], (20.0 * s["cosine"]).softmax(dim=0), rtol=1e-5, atol=1e-6)
+        assert s["label"] == int(view.item["query_labels"][0, y, x])
+        seen.add(tuple(s["cosine"].tolist()))
+    assert len(seen) == 4  # every pixel has its own cosines
+    # Before upsampling, the maps are plain cosines of the query's feature cells and the prototypes.
+    support, query = encode_episode(model, view.item)
+    proto = maps["prototypes"]
+    direct = F.cosine_similarity(query[0][None], proto[:, :, None, None], dim=1)  # (1 + N, h, w)
+    torch.testing.assert_close(maps["cosine"][0], direct, rtol=1e-5, atol=1e-5)
+    view.ways.value = 3
+    assert view.state["cosine"].shape == (4,)
+    assert len(view.figure().axes) == 4
+    with pytest.raises(ValueError, match="outside"):
+        pixel_cosine(maps, view.item, 32, 0)
+
+
+def _par_by_hand(item, features, shots, drop):
+    """PAR written out from the specification: per way, per shot, skipping the ways absent from the
+    query's argmax, the sum divided by N K."""
+    support, query = features
+    N = support.shape[0]
+    fg, bg = item["support_fg"][:, :shots], item["support_bg"][:, :shots]
+    fg_protos = [torch.stack([(F.interpolate(support[w, k][None], size=fg.shape[-2:], mode="bilinear")[0]
+                               * fg[w, k]).sum(dim=(1, 2)) / (fg[w, k].sum() + 1e-5) for k in range(shots)]).mean(0)
+                 for w in range(N)]
+    bg_proto = torch.stack([(F.interpolate(support[w, k][None], size=bg.shape[-2:], mode="bilinear")[0]
+                             * bg[w, k]).sum(dim=(1, 2)) / (bg[w, k].sum() + 1e-5)
+                            for w in range(N) for k in range(shots)]).mean(0)
+    protos = torch.stack([bg_proto, *fg_protos])
+    scores = 20 * F.cosine_similarity(query[:, None], protos[None, :, :, None, None], dim=2)  # (Q, 1 + N, h, w)
+    for w in drop:
+        scores[:, 1 + w] = -100.0
+    pred = scores.argmax(dim=1)
+    loss = 0.0
+    for w in range(N):
+        region = pred == 1 + w
+        if not region.any():
+            continue
+        pair = torch.stack([(query * (pred == j)[:, None]).sum(dim=(0, 2, 3)) / ((pred == j).sum() + 1e-5)
+                            for j in (0, 1 + w)])
+        for k in range(shots):
+            cos = F.cosine_similarity(support[w, k][None], pair[:, :, None, None], dim=1)
+            logits = F.interpolate(20 * cos[None], size=fg.shape[-2:], mode="bilinear")
+            target = torch.full(fg.shape[-2:], 255)
+            target[fg[w, k] == 1] = 1
+            target[bg[w, k] == 1] = 0
+            loss += F.cross_entropy(logits, target[None], ignore_index=255).item() / (N * shots)
+    return loss
+
+
+def test_alignment_widget_steps_skipped_way_and_divisor(model, source):
+    view = AlignmentWidget(model, source, fold=0, ways=2, shots=2, seed=2, way=2, queries=2)
+    s = view.state
+    assert view.classes == train_classes(0) and set(s["class_ids"]) <= set(train_classes(0))
+    assert s["logits"].shape == (2, 2, 2, 32, 32) and s["terms"].shape == (2, 2) and s["way"] == 1
+    features = view.episode()[2]
+    assert s["loss"] == pytest.approx(s["package_loss"], rel=1e-6)
+    assert s["loss"] == pytest.approx(_par_by_hand(view.item, features, 2, []), rel=1e-4, abs=1e-6)
+    # The widget's loss is the model's own align_loss in training mode, on the shots used.
+    item = view.item
+    out = model.train()(item["support_images"][None, :, :2], item["support_fg"][None, :, :2],
+                        item["support_bg"][None, :, :2], item["query_images"][None])
+    model.eval()
+    assert out.align_loss.item() == pytest.approx(s["loss"], rel=1e-4, abs=1e-6)
+    # The target: 1 on the support's foreground, 0 on its background, 255 elsewhere.
+    fg, bg = item["support_fg"][1, 0], item["support_bg"][1, 0]
+    t = s["target"][1, 0]
+    assert torch.equal(t == 1, (fg == 1) & (bg != 1)) and torch.equal(t == 0, bg == 1)
+
+    view.drop.value = True  # way 2 forced out of the query prediction: skipped, the divisor stays N K = 4
+    d = view.state
+    assert d["present"].tolist() == [True, False] and d["dropped"] == [1]
+    assert int((d["query_pred"] == 2).sum()) == 0
+    assert d["loss"] == pytest.approx(d["terms"][0].sum().item() / 4, rel=1e-6)
+    assert d["loss"] == pytest.approx(d["package_loss"], rel=1e-6)
+    assert d["loss"] == pytest.approx(_par_by_hand(view.item, features, 2, [1]), rel=1e-4, abs=1e-6)
+    assert d["loss"] != pytest.approx(d["terms"][0].sum().item() / 2)  # not divided by the ways kept
+
+    view.shots.value = 1
+    assert view.state["terms"].shape == (2, 1)
+    assert view.state["loss"] == pytest.approx(_par_by_hand(view.item, features, 1, [1]), rel=1e-4, abs=1e-6)
+    view.ways.value = 1  # the way slider follows the ways, once
+    assert (view.way.max, view.way.value, view.state["way"]) == (1, 1, 0)
+    assert view.state["present"].tolist() == [False]  # the only way is forced out: nothing is aligned
+    assert view.state["loss"] == 0.0
+    assert len(view.figure().axes) == 4 * 2
+    with pytest.raises(ValueError, match="outside"):
+        alignment_steps(view.item, view.episode()[2], drop_ways=[3])
+
+
+def test_model_swap_shows_each_models_prediction(model, source):
+    torch.manual_seed(1)
+    other = PANet("small").eval()
+    view = ModelSwapWidget({"a": model, "b": other}, source, fold=0, ways=1, shots=1, seed=6)
+    s = view.state
+    assert s["model"] == "a" and set(s["maps"]) == {"a", "b"}
+    for name, m in (("a", model), ("b", other)):
+        ref = similarity_maps(m, view.item, shots=1)
+        assert torch.equal(ref["pred"], s["maps"][name]["pred"])
+        assert s["miou"][name] == pytest.approx(ref["miou"], nan_ok=True)
+    assert not torch.equal(s["maps"]["a"]["pred"], s["maps"]["b"]["pred"])
+    view.choice.value = "b"
+    assert view.state["model"] == "b"
+    assert torch.equal(view.state["maps"]["b"]["pred"], s["maps"]["b"]["pred"])  # same episode
+    view.index.value = 3
+    assert view.state["episode"].query != s["episode"].query
+    assert view.figure() is not None
+    with pytest.raises(ValueError, match="not one of"):
+        ModelSwapWidget({"a": model}, source, model="c")
+
+
+def test_metric_widget_equals_evaluate_and_a_loop(model, source):
+    view = MetricWidget(model, source, fold=0, ways=1, episodes=30)
+    s = view.state
+    run = evaluate(model, source, fold_classes(0), EvalConfig(runs=1, episodes=30, size=None, device="cpu"),
+                   progress=False).runs[0]
+    assert s["episodes"] == 30 and s["accumulated_miou"] == pytest.approx(run["miou"], rel=1e-9)
+
+    # Per-episode IoU, then per class, then over classes, by a plain loop over the episodes.
+    dataset = EpisodeDataset(source, fold_classes(0), 12, 2, 1, 1, seed=1234, size=None)
+    view.ways.value, view.episodes.value = 2, 12
+    for meter, absent in (("faithful", False), ("corrected", True)):
+        view.meter.value = meter
+        per_class = {c: [] for c in fold_classes(0)}
+        total = IoUMeter(20, count_absent_fp=absent)
+        for i in range(12):
+            item = dataset[i]
+            batch = {k: v[None] for k, v in item.items()}
+            pred = predict(model, batch, torch.device("cpu"))[0]
+            total.update(pred, item["query_labels"], item["class_ids"])
+            one = IoUMeter(20, count_absent_fp=absent)
+            one.update(pred, item["query_labels"], item["class_ids"])
+            for c in item["class_ids"].tolist():
+                if not one.class_iou()[c].isnan():
+                    per_class[c].append(one.class_iou()[c].item())
+        means = [sum(v) / len(v) for v in per_class.values() if v]
+        assert view.state["per_episode_miou"] == pytest.approx(sum(means) / len(means), rel=1e-9)
+        assert view.state["accumulated_miou"] == pytest.approx(total.class_iou()[fold_classes(0)].nanmean().item(),
+                                                               rel=1e-9)
+    # The corrected meter only adds false positives: no class IoU goes up.
+    curves = view.state["curves"]
+    f, c = curves["faithful"]["accumulated_class"], curves["corrected"]["accumulated_class"]
+    both = ~f.isnan() & ~c.isnan()
+    assert (c[both] <= f[both] + 1e-12).all()
+    assert view.figure() is not None
