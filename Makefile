@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.panet_lite-installed
 NB_TIMEOUT ?= 600
 
-.PHONY: lab test test-portable test-fast demo notebooks clean
+.PHONY: lab test test-portable test-fast test-browser demo notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ test-portable: $(STAMP)  ## every notebook under nbval, on another CPU code path
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest tests
+
+BROWSER_STAMP := $(VENV)/.panet_lite-browser-installed
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[course,test,browser]"
+	@touch $@
+
+# JupyterLab on 127.0.0.1 in headless Chromium: every widget's controls change its figure as they say.
+# Chromium is Debian's package (installed here when missing; needs root or sudo); screenshots of every
+# widget before and after go to build/browser/ (PANET_SCREENSHOTS to choose another folder).
+test-browser: $(BROWSER_STAMP)  ## the widgets in a real browser (JupyterLab + headless Chromium)
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium package"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+	$(BIN)/python -m pytest tests_browser -v
 
 demo: $(STAMP)  ## train a small PANet on the embedded dataset and report unseen-fold mIoU
 	$(BIN)/python -m panet_lite demo
