@@ -1,4 +1,5 @@
-"""Feature encoders at output stride 8: PANet's VGG-16, a dilated ResNet-50 and a small CPU CNN."""
+"""Feature encoders at output stride 8: PANet's VGG-16, a dilated ResNet-50, the deep-stem ResNet-50 of
+MLC and SSP, and a small CPU CNN."""
 from __future__ import annotations
 
 import warnings
@@ -119,6 +120,117 @@ class ResNet50Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.layer4(x) if self.layer4 is not None else x
+
+
+class _Bottleneck(nn.Module):
+    """ResNet's bottleneck block (1x1, 3x3, 1x1, x4 channels) with an optional final ReLU."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None,
+                 last_relu: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample, self.last_relu = downsample, last_relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out)) + identity
+        return self.relu(out) if self.last_relu else out
+
+
+def _stage(c_in: int, planes: int, blocks: int, stride: int, dilation: int, first_dilation: int,
+           last_relu: bool = True) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or c_in != planes * 4:
+        downsample = nn.Sequential(nn.Conv2d(c_in, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
+    layers = [_Bottleneck(c_in, planes, stride, first_dilation, downsample)]
+    layers += [_Bottleneck(planes * 4, planes, dilation=dilation, last_relu=last_relu or i < blocks - 2)
+               for i in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class DeepStemResNet50Encoder(nn.Module):
+    """The encoder of MLC's baseline and of SSP: a "deep stem" ResNet-50 (three 3x3 convolutions,
+    64-64-128 channels, instead of one 7x7), cut after layer3, whose stride is replaced by dilation
+    2 (output stride 8, 1024 channels), and whose last block has no final ReLU: the features that
+    are matched by cosine keep their negative values ("in the metric learning paradigm, the final
+    ReLU is removed", as those authors put it).
+
+    `freeze_bn` keeps every BatchNorm layer in eval mode, its statistics and affine parameters
+    fixed (those methods train with it; with a batch of a few episodes, batch statistics would be
+    noise). `pretrained` is a path to the deep-stem ImageNet weights those methods use (their
+    `pretrained/resnet50.pth`, published with their code, not in torchvision); keys of layer4 and
+    fc are ignored.
+    """
+
+    out_channels = 1024
+
+    def __init__(self, pretrained: bool | str | Path = False, freeze_bn: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, padding=1, bias=False))
+        self.bn1 = nn.BatchNorm2d(128)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = _stage(128, 64, 3, stride=1, dilation=1, first_dilation=1)
+        self.layer2 = _stage(256, 128, 4, stride=2, dilation=1, first_dilation=1)
+        self.layer3 = _stage(512, 256, 6, stride=1, dilation=2, first_dilation=1, last_relu=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.freeze_bn = freeze_bn
+        if pretrained:
+            self.load_weights(pretrained)
+        if freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
+                    m.bias.requires_grad_(False)
+
+    def load_weights(self, pretrained: bool | str | Path) -> None:
+        """Load the deep-stem ResNet-50 ImageNet weights (a state dict in this layout; layer4 and fc ignored)."""
+        if pretrained is True:
+            raise ValueError("the deep-stem ResNet-50 weights are not in torchvision: download resnet50.pth as MLC's "
+                             "and SSP's READMEs say (github.com/LiheYoung/MiningFSS) and pass its path")
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        state = load_torch_file(path, weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = {k.removeprefix("module."): v for k, v in state.items()} if isinstance(state, dict) else state
+        own = self.state_dict()
+        missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+        wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+        if missing or wrong:
+            raise ValueError(f"--pretrained {path}: not deep-stem ResNet-50 weights ("
+                             + (f"{len(missing)} tensors missing, e.g. {missing[0]}" if missing else
+                                f"{len(wrong)} of other shapes, e.g. {wrong[0]}")
+                             + "); give the resnet50.pth that MLC and SSP use")
+        self.load_state_dict({k: state.get(k, v) for k, v in own.items()})
+
+    def train(self, mode: bool = True) -> "DeepStemResNet50Encoder":
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
 
 
 _warned: set[str] = set()
