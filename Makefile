@@ -51,9 +51,12 @@ demo: $(STAMP)  ## train a small PANet on the embedded dataset and report unseen
 export STRIP_WIDGET_STATE := import sys, nbformat; nb = nbformat.read(sys.argv[1], as_version=4); \
 	nb.metadata.pop("widgets", None); nbformat.write(nb, sys.argv[1])
 
+# The kernel talks over unix sockets (ipc): over TCP an execution once stalled for the whole cell
+# timeout (600 s) and then finished normally, as if one message had been lost.
 notebooks: $(STAMP)  ## re-execute every chapter in place, in a fresh kernel each
 	for nb in notebooks/[0-9]*.ipynb; do \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=$(NB_TIMEOUT) "$$nb" \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=$(NB_TIMEOUT) \
+			--KernelManager.transport=ipc "$$nb" \
 			|| exit 1; \
 		$(BIN)/python -c "$$STRIP_WIDGET_STATE" "$$nb" || exit 1; \
 	done

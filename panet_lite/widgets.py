@@ -13,6 +13,8 @@ stream `seed` is the one the sampler draws after episodes 0..index-1.
 """
 from __future__ import annotations
 
+import base64
+import io
 from typing import Sequence
 
 import ipywidgets as widgets
@@ -325,12 +327,19 @@ class _View:
         raise NotImplementedError
 
     def render(self) -> None:
-        """Draw `figure()` of the current state into `.output`."""
+        """Draw `figure()` of the current state into `.output`, as one PNG.
+
+        The PNG is set as the Output's content directly rather than displayed inside `with
+        self.output:`, whose capture (message-id switching and clear_output) once left nbconvert
+        waiting for a reply until its cell timeout when a widget was displayed.
+        """
         fig = self.figure()
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(fig)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=fig.dpi, bbox_inches="tight")
         plt.close(fig)
+        png = base64.b64encode(buffer.getvalue()).decode("ascii")
+        self.output.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": {"image/png": png, "text/plain": repr(fig)}},)
 
     def _ipython_display_(self) -> None:
         display(self.ui)

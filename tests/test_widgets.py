@@ -48,6 +48,9 @@ def close_figures():
 def test_episode_browser_follows_its_controls(source):
     browser = EpisodeBrowser(source, fold=0, ways=1, shots=1, seed=7)
     assert browser.ui.children[1] is browser.output and hasattr(browser, "_ipython_display_")
+    # Shown, the Output holds exactly one PNG of the figure (set directly, no capture).
+    (shown,) = browser.output.outputs
+    assert shown["output_type"] == "display_data" and shown["data"]["image/png"].startswith("iVBOR")
     s = browser.state
     assert len(s["class_ids"]) == 1 and s["class_ids"][0] in fold_classes(0)
     assert s["item"]["support_fg"].shape == (1, 1, 32, 32)
