@@ -145,6 +145,24 @@ def similarity_maps(model: PANet, item: dict, alpha: float = ALPHA, shots: int |
     }
 
 
+def _with_supports(item: dict, N: int, k: int, width: float, slots: int, bottom_h: float,
+                   names: Sequence[str] | None = None):
+    """A figure whose top strip shows the first k supports of each way (at least `slots` thumbnails wide,
+    sized to fit `width`); returns (figure, the subfigure below it, `bottom_h` inches high)."""
+    n_thumbs = max(N * k, slots)
+    top_h = 0.8 * width / n_thumbs + 0.3  # inches: thumbnails fit the width
+    fig = plt.figure(figsize=(width, top_h + bottom_h), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(top_h, bottom_h))
+    for j, ax in enumerate(top.subplots(1, n_thumbs, squeeze=False)[0]):
+        ax.axis("off")
+        if j < N * k:
+            w, s = divmod(j, k)
+            long = f"way {w + 1} ({names[w]}), shot {s + 1}" if names else f"way {w + 1}, shot {s + 1}"
+            support_panel(ax, item["support_images"][w, s], item["support_fg"][w, s], w, N,
+                          long if N * k <= (4 if names else 8) else f"w{w + 1} s{s + 1}")
+    return fig, bottom
+
+
 def plot_similarity(maps: dict, item: dict, class_names: Sequence[str] | None = None, query: int = 0,
                     size: float = 1.8):
     """The supports used (top), then for one query: the ground truth and the prediction (left),
@@ -154,18 +172,7 @@ def plot_similarity(maps: dict, item: dict, class_names: Sequence[str] | None = 
     k = maps["shots"]
     names = list(class_names) if class_names else [f"way {w + 1}" for w in range(N)]
     cols = N + 2
-    n_thumbs = max(N * k, cols)
-    width = size * cols + 1.0
-    top_h, bottom_h = 0.8 * width / n_thumbs + 0.3, 2.3 * size  # inches: thumbnails fit the width
-    fig = plt.figure(figsize=(width, top_h + bottom_h), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=(top_h, bottom_h))
-    s_axes = top.subplots(1, n_thumbs, squeeze=False)[0]
-    for ax in s_axes:
-        ax.axis("off")
-    for w in range(N):
-        for j in range(k):
-            support_panel(s_axes[w * k + j], item["support_images"][w, j], item["support_fg"][w, j], w, N,
-                           f"way {w + 1}, shot {j + 1}" if N * k <= 8 else f"w{w + 1} s{j + 1}")
+    fig, bottom = _with_supports(item, N, k, width=size * cols + 1.0, slots=cols, bottom_h=2.3 * size)
     axes = bottom.subplots(2, cols, squeeze=False)
     label = item["query_labels"][query]
     ground_truth(axes[0, 0], item["query_images"][query], label, N, title="query\nground truth")
@@ -700,17 +707,7 @@ def plot_model_swap(state: dict, item: dict, class_names: Sequence[str] | None =
     maps = state["maps"][state["model"]]
     N, k = maps["prototypes"].shape[0] - 1, maps["shots"]
     names = list(class_names) if class_names else [f"way {w + 1}" for w in range(N)]
-    n_thumbs = max(N * k, 4)
-    width = 3 * size + 2.4
-    top_h = 0.9 * width / n_thumbs + 0.3
-    fig = plt.figure(figsize=(width, top_h + size + 0.9), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=(top_h, size + 0.9))
-    for j, ax in enumerate(top.subplots(1, n_thumbs, squeeze=False)[0]):
-        ax.axis("off")
-        if j < N * k:
-            w, s = divmod(j, k)
-            support_panel(ax, item["support_images"][w, s], item["support_fg"][w, s], w, N,
-                          f"way {w + 1} ({names[w]}), shot {s + 1}" if N * k <= 4 else f"w{w + 1} s{s + 1}")
+    fig, bottom = _with_supports(item, N, k, width=3 * size + 2.4, slots=4, bottom_h=size + 0.9, names=names)
     axes = bottom.subplots(1, 3, width_ratios=(1, 1, 1.6))
     label = item["query_labels"][0]
     ground_truth(axes[0], item["query_images"][0], label, N, title="query: ground truth")
