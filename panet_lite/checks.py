@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .alignment import alignment_loss
 from .data import IGNORE
@@ -269,19 +272,15 @@ def check_prototypes(fn: Callable) -> bool:
 
 # ----------------------------------------------------------------------------- chapter 3
 
-def _unit(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t / t.norm(dim=dim, keepdim=True).clamp_min(1e-8)
-
-
 MISTAKES["prototype_scores"] = [
     ("forgetting alpha (multiply the cosine by alpha)",
      lambda q, p, a: prototype_scores(q[None, None], p[None], 1.0)[0, 0]),
     ("a dot product of unnormalised vectors (normalise features and prototypes to unit length)",
      lambda q, p, a: a * torch.einsum("chw,jc->jhw", q, p)),
     ("normalising the features only (the prototypes too)",
-     lambda q, p, a: a * torch.einsum("chw,jc->jhw", _unit(q, 0), p)),
+     lambda q, p, a: a * torch.einsum("chw,jc->jhw", F.normalize(q, dim=0, eps=1e-8), p)),
     ("normalising the prototypes only (the features too)",
-     lambda q, p, a: a * torch.einsum("chw,jc->jhw", q, _unit(p, 1))),
+     lambda q, p, a: a * torch.einsum("chw,jc->jhw", q, F.normalize(p, dim=1, eps=1e-8))),
     ("minus alpha times the Euclidean distance (PANet's scores are cosines)",
      lambda q, p, a: -a * (q[None] - p[:, :, None, None]).norm(dim=1)),
 ]
@@ -493,11 +492,6 @@ def check_class_iou(fn: Callable) -> bool:
 # ----------------------------------------------------------------------------- chapter 7
 
 def _read_lists(voc, split: str, classes, mode: str | None = None, listed: bool = True) -> list[list[str]]:
-    import numpy as np
-    from pathlib import Path
-
-    from PIL import Image
-
     voc = Path(voc)
     if listed:
         ids = (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
@@ -535,8 +529,6 @@ def check_class_lists(fn: Callable, voc) -> bool:
 
     `voc` is a VOC2012 folder (e.g. from `synthetic.write_voc_tree`); the expected lists are the
     ones `prepare` wrote there, ImageSets/Segmentation/<split>/class<c>.txt."""
-    from pathlib import Path
-
     name = "class lists"
     voc = Path(voc)
     cases = [("trainaug", [1, 2, 3, 4, 5]), ("val", [7, 2, 19, 11])]
