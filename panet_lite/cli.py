@@ -13,7 +13,7 @@ from .demo import DemoConfig
 from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
 from .options import add_options, flag_name, int_tuple, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
-from .train import TrainConfig
+from .train import METHOD_DEFAULTS, TrainConfig
 
 COMMANDS = {
     "demo": "train a small PANet on the embedded dataset (CPU, ~3 min) and report unseen-fold mIoU",
@@ -180,12 +180,12 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .reproduce import run_dir
+    from .reproduce import run_dir, runs_folder
     from .sources import benchmark, open_source, split_for
     from .train import train
 
-    cfg = pick(args, TrainConfig)
-    out = args.out or run_dir(f"runs/{args.dataset}", args.fold, cfg.shots, cfg.ways)
+    cfg = _train_config(args)
+    out = args.out or run_dir(runs_folder(args.dataset, cfg.method), args.fold, cfg.shots, cfg.ways)
     source = open_source(args.dataset, args.root, split_for(args.dataset, "train"), _dataset_options(args))
     train(source, benchmark(args.dataset).train_classes(args.fold), cfg, out=out)
     print(f"checkpoint: {out}/checkpoint.pt")
@@ -236,6 +236,20 @@ def cmd_test(args) -> int:
     return 0
 
 
+def _given(args, name: str) -> bool:
+    """Whether the flag of TrainConfig or EvalConfig field `name` was typed (a --no-flag counts)."""
+    flag = next(flag_name(f) for cls in (TrainConfig, EvalConfig) for f in fields(cls) if f.name == name)
+    return f"--{flag}" in args.given or f"--no-{flag}" in args.given
+
+
+def _train_config(args) -> TrainConfig:
+    """The training settings: the flags given, and the method's recipe (METHOD_DEFAULTS) for those not given
+    (`--method ssp` alone means SSP's recipe: deep-stem ResNet-50, batches of 4, 6,000 steps, 473 px)."""
+    preset = {k: v for k, v in METHOD_DEFAULTS.get(args.method, {}).items()
+              if hasattr(args, k) and not _given(args, k)}
+    return pick(args, TrainConfig, **preset)
+
+
 def _eval_config(args):
     """The test settings: the flags given, and the protocol's own defaults for those not given
     (`--protocol hsnet` alone means HSNet's test: 1 run of 1,000 episodes, seed 0, 400 px)."""
@@ -263,11 +277,11 @@ def seen_classes(ckpt: dict, bench, fold: int, path, allow: bool) -> list[int]:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import markdown, reproduce
+    from .reproduce import markdown, reproduce, runs_folder
 
     folds, shots = list(args.folds), list(args.shot_list)
-    train_cfg, eval_cfg = pick(args, TrainConfig), _eval_config(args)
-    out = args.out or f"runs/{args.dataset}"
+    train_cfg, eval_cfg = _train_config(args), _eval_config(args)
+    out = args.out or runs_folder(args.dataset, train_cfg.method)
     table = reproduce(args.dataset, args.root, out, train_cfg, eval_cfg, folds, shots,
                       options=_dataset_options(args))
     print(markdown(table))

@@ -30,19 +30,34 @@ def course_sources(size: int = 96, n_images: int = 2000) -> tuple[SyntheticFewSh
     return SyntheticFewShot("trainaug", n_images, size), SyntheticFewShot("val", n_images // 2, size)
 
 
-def course_model_config(fold: int = 0, shots: int = 1, align: bool = True, steps: int | None = None) -> TrainConfig:
-    """The small-encoder recipe of the demo for one fold / shot count, with or without alignment."""
+def course_model_config(fold: int = 0, shots: int = 1, align: bool = True, steps: int | None = None,
+                        method: str = "panet", seed: int | None = None) -> TrainConfig:
+    """The small-encoder recipe of the demo for one fold / shot count, with or without alignment.
+
+    `method` "mlc" or "ssp" trains that method with the same recipe (encoder, steps, batches, lr and
+    episodes), so that a comparison measures the method alone; PAR is PANet's and stays off for them.
+    `seed` (default the demo's 1234) draws other initial weights and other training episodes.
+    """
     cfg = demo_train_config(DemoConfig(fold=fold, steps=steps or DemoConfig.steps))
-    return replace(cfg, shots=shots, align=align)
+    return replace(cfg, shots=shots, align=align and method == "panet", method=method,
+                   seed=cfg.seed if seed is None else seed)
+
+
+def course_run_name(cfg: TrainConfig, fold: int = 0) -> str:
+    """The folder of a course run under notebooks/checkpoints/, e.g. small-fold0-1shot-align-600."""
+    tag = ("align" if cfg.align else "noalign") if cfg.method == "panet" else cfg.method
+    seed = "" if cfg.seed == DemoConfig.seed else f"-seed{cfg.seed}"
+    return f"small-fold{fold}-{cfg.shots}shot-{tag}-{cfg.steps}{seed}"
 
 
 def train_or_load(fold: int = 0, shots: int = 1, align: bool = True, steps: int | None = None,
-                  directory: str | Path | None = None, progress: bool = True) -> tuple[PANet, list[dict]]:
-    """A small PANet trained on the 15 classes outside `fold`: loaded from
+                  directory: str | Path | None = None, progress: bool = True, method: str = "panet",
+                  seed: int | None = None) -> tuple[PANet, list[dict]]:
+    """A small model trained on the 15 classes outside `fold`: loaded from
     `notebooks/checkpoints/<name>/checkpoint.pt` when that run is complete, otherwise trained
     (or resumed) there first, and announced either way. Returns (model in eval mode, history)."""
-    cfg = course_model_config(fold, shots, align, steps)
-    name = f"small-fold{fold}-{shots}shot-{'align' if align else 'noalign'}-{cfg.steps}"
+    cfg = course_model_config(fold, shots, align, steps, method, seed)
+    name = course_run_name(cfg, fold)
     out = Path(directory or CHECKPOINTS) / name
     # train() decides: a finished run is loaded, an interrupted one resumed, a missing one trained.
     if checkpoint_step(out / "checkpoint.pt") >= cfg.steps:

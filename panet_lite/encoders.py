@@ -169,12 +169,13 @@ class DeepStemResNet50Encoder(nn.Module):
     fixed (those methods train with it; with a batch of a few episodes, batch statistics would be
     noise). `pretrained` is a path to the deep-stem ImageNet weights those methods use (their
     `pretrained/resnet50.pth`, published with their code, not in torchvision); keys of layer4 and
-    fc are ignored.
+    fc are ignored. `freeze_stem` fixes the stem and layer1 (SSP's code trains layer2 and layer3 only;
+    MLC's baseline, the same encoder here, is trained the same way).
     """
 
     out_channels = 1024
 
-    def __init__(self, pretrained: bool | str | Path = False, freeze_bn: bool = True) -> None:
+    def __init__(self, pretrained: bool | str | Path = False, freeze_bn: bool = True, freeze_stem: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(
             nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
@@ -189,7 +190,7 @@ class DeepStemResNet50Encoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self.freeze_bn = freeze_bn
+        self.freeze_bn, self.freeze_stem = freeze_bn, freeze_stem
         if pretrained:
             self.load_weights(pretrained)
         if freeze_bn:
@@ -197,6 +198,9 @@ class DeepStemResNet50Encoder(nn.Module):
                 if isinstance(m, nn.BatchNorm2d):
                     m.weight.requires_grad_(False)
                     m.bias.requires_grad_(False)
+        if freeze_stem:
+            for part in (self.conv1, self.bn1, self.layer1):
+                part.requires_grad_(False)
 
     def load_weights(self, pretrained: bool | str | Path) -> None:
         """Load the deep-stem ResNet-50 ImageNet weights (a state dict in this layout; layer4 and fc ignored)."""
@@ -293,7 +297,7 @@ def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = Tr
     return True
 
 
-BACKBONES = ("vgg16", "resnet50", "small")
+BACKBONES = ("vgg16", "resnet50", "resnet50-deepstem", "small")
 OUTPUT_STRIDE = 8  # every encoder maps an n-pixel side to ceil(n / 8) feature pixels
 # The smallest image side with at least 2 feature pixels per side: on a 1 x 1 feature map the
 # foreground and background prototypes are the same vector, and training stalls at loss ln 2.
@@ -301,7 +305,7 @@ MIN_IMAGE_SIZE = OUTPUT_STRIDE + 1
 
 
 def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_layer: str = "layer3") -> nn.Module:
-    """The encoder named by `backbone`: "vgg16" (the paper's), "resnet50" or "small"."""
+    """The encoder named by `backbone`: "vgg16" (the paper's), "resnet50", "resnet50-deepstem" or "small"."""
     if backbone == "vgg16":
         encoder = VGG16Encoder()
         if pretrained:
@@ -309,6 +313,8 @@ def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_l
         return encoder
     if backbone == "resnet50":
         return ResNet50Encoder(resnet_layer, pretrained)
+    if backbone == "resnet50-deepstem":
+        return DeepStemResNet50Encoder(pretrained)
     if backbone == "small":
         if pretrained:
             raise ValueError("the small encoder has no ImageNet weights: use pretrained=False (--pretrained false; "

@@ -140,11 +140,13 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
         ensure_writable_file(config.save_episodes, "--save-episodes")
     device = resolve_device(config.device)
     model = model.to(device).eval()
+    # PANet's supports count their 255 borders as background under its own test; MLC's and SSP's never do.
+    borders = getattr(model, "borders_are_background", True)
     runs, drawn = [], []
     for run in range(config.runs):
         dataset = EpisodeDataset(source, classes, config.episodes, config.ways, config.shots, config.queries,
                                  seed=config.seed + run, size=config.size, flip=False,
-                                 faithful=config.protocol == "faithful", keep_query_size=full_size,
+                                 faithful=config.protocol == "faithful" and borders, keep_query_size=full_size,
                                  episodes=fixed, pil_resize=hsnet)
         drawn.append([ep.__dict__ for ep in dataset.episodes])
         # The corrected meter (false positives of absent classes counted) is, on 1-way episodes,

@@ -19,8 +19,9 @@ def prototype_scores(features: torch.Tensor, prototypes: torch.Tensor, alpha: fl
     return alpha * torch.einsum("bqchw,bjc->bqjhw", f, p)
 
 
-def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners=False) upsampling of (..., J, h, w) scores to (..., J, H, W)."""
+def upsample_scores(scores: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+    """Bilinear upsampling of (..., J, h, w) scores to (..., J, H, W): PANet's align_corners=False,
+    or MLC's and SSP's align_corners=True (the corner pixels of both grids coincide)."""
     lead, (J, h, w) = scores.shape[:-3], scores.shape[-3:]
-    up = F.interpolate(scores.reshape(-1, J, h, w), size=size, mode="bilinear", align_corners=False)
+    up = F.interpolate(scores.reshape(-1, J, h, w), size=size, mode="bilinear", align_corners=align_corners)
     return up.reshape(*lead, J, *size)

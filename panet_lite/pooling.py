@@ -42,14 +42,30 @@ def upsample_transpose(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return weights.reshape(*maps.shape[:-2], *size)
 
 
+def downsampled_mask_pool(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Masked average pooling as MLC and SSP do it: the mask is brought down to the features.
+
+    features: (..., C, h, w); masks: (..., H, W) float 0/1. The mask is resized to (h, w) by
+    bilinear interpolation with align_corners=True, a soft mask m, and the prototype is
+    sum(F * m) / (sum(m) + 1e-5): an average over the feature grid, where PANet's averages over
+    the image's pixels. A thin object can fall between the grid's sample points and vanish.
+    """
+    h, w = features.shape[-2:]
+    H, W = masks.shape[-2:]
+    flat = masks.to(features.dtype).reshape(-1, 1, H, W)
+    small = F.interpolate(flat, size=(h, w), mode="bilinear", align_corners=True).reshape(*masks.shape[:-2], 1, h, w)
+    return (features * small).sum(dim=(-2, -1)) / (small.sum(dim=(-2, -1)) + EPS)
+
+
 def episode_prototypes(support_features: torch.Tensor, support_fg: torch.Tensor,
-                       support_bg: torch.Tensor) -> torch.Tensor:
+                       support_bg: torch.Tensor, pool=masked_average_pool) -> torch.Tensor:
     """PANet's prototypes of an episode: one background prototype, then one per way.
 
     support_features: (B, N, K, C, h, w); support_fg, support_bg: (B, N, K, H, W).
     Returns (B, 1 + N, C): [bg, way 1, ..., way N]. Each way's foreground prototype averages
     its K shots; the single background prototype averages all N x K background pools.
+    `pool` is PANet's `masked_average_pool` or MLC's and SSP's `downsampled_mask_pool`.
     """
-    fg = masked_average_pool(support_features, support_fg).mean(dim=2)  # (B, N, C)
-    bg = masked_average_pool(support_features, support_bg).mean(dim=(1, 2))  # (B, C)
+    fg = pool(support_features, support_fg).mean(dim=2)  # (B, N, C)
+    bg = pool(support_features, support_bg).mean(dim=(1, 2))  # (B, C)
     return torch.cat([bg.unsqueeze(1), fg], dim=1)  # (B, 1 + N, C)

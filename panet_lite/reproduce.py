@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .evaluate import EvalConfig, evaluate
-from .paper import later_markdown, paper_result
+from .paper import TESTS, later_markdown, later_results, paper_result
 from .sources import REGISTRY, benchmark, open_source, split_for
 from .train import TrainConfig, recipe, train
 
@@ -19,6 +19,28 @@ from .train import TrainConfig, recipe, train
 REPRODUCTION = "reproduction"
 PIPELINE_CHECK = "synthetic pipeline check"  # the kind of a table built without the paper's numbers
 HSNET_TEST = "HSNet's test"  # the kind of a table under --protocol hsnet: PANet's published numbers are another test's
+
+
+def runs_folder(dataset: str, method: str = "panet") -> str:
+    """The default folder of a dataset's runs: runs/DATASET for PANet, runs/DATASET-METHOD for the others."""
+    return f"runs/{dataset}" if method == "panet" else f"runs/{dataset}-{method}"
+
+
+# The published rows (paper.LATER_RESULTS) of the methods `--method` runs besides PANet, and the test they used.
+METHOD_RESULTS = {"mlc": "MLC baseline", "ssp": "SSP"}
+PUBLISHED_TEST = "mlc"
+
+
+def published_result(method: str, dataset: str, ways: int, shots: int):
+    """The published PaperResult (PANet) or LaterResult (mlc, ssp) of a setting, or None if there is none."""
+    if method == "panet":
+        try:
+            return paper_result(dataset, ways, shots)
+        except KeyError:
+            return None
+    rows = [r for r in later_results(dataset, ways, shots)
+            if r.method == METHOD_RESULTS[method] and r.test == PUBLISHED_TEST]
+    return rows[0] if rows else None
 
 
 def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
@@ -107,6 +129,7 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
     hsnet = any(r.get("eval_config", {}).get("protocol") == "hsnet" for r in rows)
     compare = paper_rows is not None if compare is None else compare
     compare = compare and not hsnet  # the paper's numbers come from its own test, not HSNet's
+    method = rows[0].get("train_config", {}).get("method", "panet") if rows else "panet"
     settings = []
     for shots in sorted({r["shots"] for r in rows}):
         mine = sorted((r for r in rows if r["shots"] == shots), key=lambda r: r["fold"])
@@ -119,16 +142,14 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
             "mean_fb_iou": sum(100 * r["fb_iou"] for r in mine) / len(mine),
         }
         if compare:
-            try:
-                paper = paper_result(paper_rows or dataset, ways, shots)
-            except KeyError:
-                paper = None
+            paper = published_result(method, paper_rows or dataset, ways, shots)
             entry |= {"paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
                       "paper_mean": paper.mean if paper else None,
-                      "paper_fb_iou": paper.fb_iou if paper else None}
+                      "paper_fb_iou": getattr(paper, "fb_iou", None) if paper else None}
         settings.append(entry)
     kind = HSNET_TEST if hsnet and paper_rows is not None else REPRODUCTION if compare else PIPELINE_CHECK
-    return {"dataset": dataset, "kind": kind, "settings": settings}
+    protocol = rows[0].get("eval_config", {}).get("protocol", "faithful") if rows else "faithful"
+    return {"dataset": dataset, "kind": kind, "method": method, "protocol": protocol, "settings": settings}
 
 
 def title(table: dict) -> str:
@@ -143,6 +164,13 @@ def title(table: dict) -> str:
                 else f"synthetic data in {table['dataset']} format")
         return (f"{PIPELINE_CHECK.capitalize()} on {data} (not a reproduction, so no paper numbers; "
                 f"mIoU %, mean ± std over runs)")
+    method = table.get("method", "panet")
+    if method != "panet":
+        return (f"Results of {METHOD_RESULTS[method]} (--method {method}) on {table['dataset']} under our "
+                f"{table.get('protocol', 'faithful')} protocol "
+                f"(mIoU %, mean ± std over runs; in brackets the published number and the difference). The "
+                f"published numbers were measured under {TESTS[PUBLISHED_TEST]}: another test, so the "
+                f"difference mixes the two tests with the two models")
     return f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)"
 
 

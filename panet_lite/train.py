@@ -16,7 +16,7 @@ from .data import IGNORE, SegmentationSource
 from .encoders import BACKBONES, MIN_IMAGE_SIZE
 from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
-from .model import PANet
+from .model import METHODS, PANet
 from .options import check_options, none_or, option, parse_bool_or_path, parse_int_tuple
 from .runtime import DEVICE_HELP, autocast, resolve_device
 
@@ -29,7 +29,11 @@ class TrainConfig:
                            choices=BACKBONES)
     pretrained: bool | str = option(True, "ImageNet initialisation of the encoder: true, false, or the path of a "
                                           "local .pth state dict", parse=parse_bool_or_path)
-    align: bool = option(True, "prototype alignment regularisation (PAR)")
+    method: str = option("panet", "panet; mlc: MLC's baseline (cosine x 10, masks pooled at feature size, no "
+                                  "PAR); ssp: SSP's self-support matching (1-way). mlc and ssp bring their "
+                                  "recipe (METHOD_DEFAULTS) for the flags not given", choices=METHODS)
+    refine: bool = option(False, "ssp: a second self-support step (SSP's --refine)")
+    align: bool = option(True, "prototype alignment regularisation (PAR; PANet's, so --method panet only)")
     align_weight: float = option(1.0, "total loss = segmentation + align_weight x PAR", at_least=0)
     ways: int = option(1, "classes per training episode (N)", at_least=1)
     shots: int = option(1, "support images per class (K)", at_least=1)
@@ -46,7 +50,8 @@ class TrainConfig:
     size: int | None = option(417, "images and labels resized to size x size; none keeps the source's size",
                               parse=none_or(int), at_least=MIN_IMAGE_SIZE)
     flip: bool = option(True, "random horizontal flip of every image, p = 0.5")
-    faithful: bool = option(True, "255 borders count as support background, as in the authors' code")
+    faithful: bool = option(True, "255 borders count as support background, as in PANet's code (mlc and ssp "
+                                  "leave them out, as theirs do)")
     seed: int = option(1234, "seed of the initial weights and of the training episodes", at_least=0)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
@@ -57,10 +62,31 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.method != "panet" and self.align:
+            raise ValueError(f"--align is PANet's loss; --method {self.method} trains without it: pass --align false, "
+                             f"or build the config with TrainConfig.for_method({self.method!r}), which sets that "
+                             f"method's recipe")
+        if self.refine and self.method != "ssp":
+            raise ValueError("--refine is a step of SSP's matching: use it with --method ssp")
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> "TrainConfig":
+        """The config of a method with its own recipe (METHOD_DEFAULTS), then `overrides`."""
+        return cls(**{"method": method, **METHOD_DEFAULTS.get(method, {}), **overrides})
+
+
+# MLC's and SSP's published recipe (their code: SGD lr 1e-3, momentum 0.9, weight decay 5e-4 as PANet's;
+# batches of 4 episodes, the lr divided by 10 after 1/3 and 2/3 of training, 473 px crops, frozen
+# BatchNorm, the deep-stem ResNet-50). We resize to 473 x 473 instead of cropping. A method's
+# recipe fills the flags not given on the command line, as a test protocol's defaults do.
+_LATER_RECIPE = {"backbone": "resnet50-deepstem", "align": False, "batch_size": 4, "steps": 6_000,
+                 "milestones": (2_000, 4_000), "size": 473}
+METHOD_DEFAULTS = {"mlc": _LATER_RECIPE, "ssp": _LATER_RECIPE}
 
 
 def build_model(config: TrainConfig) -> PANet:
-    return PANet(config.backbone, pretrained=config.pretrained, align=config.align)
+    return PANet(config.backbone, pretrained=config.pretrained, align=config.align, method=config.method,
+                 refine=config.refine)
 
 
 # Fields that say how to run, not what is trained: a checkpoint may be resumed with other values.
@@ -76,12 +102,12 @@ def recipe(config: TrainConfig | dict) -> dict:
 
 
 def build_optimizer(model: PANet, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's) or AdamW, over all parameters."""
+    """SGD with momentum (the paper's) or AdamW, over all trainable parameters (frozen ones stay out)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}")
 
 
@@ -288,7 +314,8 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
         _set_rng_states(ckpt["rng"])
     model.train()
     dataset = EpisodeDataset(source, classes, config.steps * config.batch_size, config.ways, config.shots,
-                             config.queries, config.seed, config.size, config.flip, config.faithful)
+                             config.queries, config.seed, config.size, config.flip,
+                             config.faithful and getattr(model, "borders_are_background", True))
     remaining = Subset(dataset, range(state.step * config.batch_size, len(dataset)))
     loader = DataLoader(remaining, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
@@ -298,21 +325,24 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="train", unit="step")
-    sums, n_sum, t0 = {"loss": 0.0, "seg_loss": 0.0, "align_loss": 0.0}, 0, time.perf_counter()
+    sums = {"loss": 0.0, "seg_loss": 0.0, "align_loss": 0.0} | ({"aux_loss": 0.0} if config.method == "ssp" else {})
+    n_sum, t0 = 0, time.perf_counter()
     try:
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast(device, config.amp):
-                out_ = model(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"])
+                out_ = model(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"],
+                             batch["query_labels"])
                 seg = segmentation_loss(out_.logits.float(), batch["query_labels"])
-                loss = seg + config.align_weight * out_.align_loss.float()
+                loss = seg + config.align_weight * out_.align_loss.float() + out_.aux_loss.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             state.step += 1
-            for k, v in (("loss", loss.detach()), ("seg_loss", seg.detach()), ("align_loss", out_.align_loss.detach())):
-                sums[k] += v.item()
+            parts = {"loss": loss, "seg_loss": seg, "align_loss": out_.align_loss, "aux_loss": out_.aux_loss}
+            for k in sums:
+                sums[k] += parts[k].detach().item()
             n_sum += 1
             bar.update(1)
             if state.step % config.log_every == 0 or state.step == config.steps:

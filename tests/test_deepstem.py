@@ -42,11 +42,14 @@ def test_frozen_batchnorm_keeps_statistics_and_parameters(encoder):
     assert bns and not any(m.training for m in bns)
     assert not any(p.requires_grad for m in bns for p in m.parameters())
     convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
-    assert all(m.weight.requires_grad for m in convs)
+    trained = [m for part in (encoder.layer2, encoder.layer3) for m in part.modules() if isinstance(m, nn.Conv2d)]
+    frozen = [m for part in (encoder.conv1, encoder.layer1) for m in part.modules() if isinstance(m, nn.Conv2d)]
+    assert len(trained) + len(frozen) == len(convs)
+    assert all(m.weight.requires_grad for m in trained) and not any(m.weight.requires_grad for m in frozen)
     before = [m.running_mean.clone() for m in bns]
     encoder(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
-    assert all(m.weight.grad is None for m in bns) and convs[0].weight.grad is not None
+    assert all(m.weight.grad is None for m in bns + frozen) and all(m.weight.grad is not None for m in trained)
     free = DeepStemResNet50Encoder(freeze_bn=False).train()
     assert all(m.training for m in free.modules() if isinstance(m, nn.BatchNorm2d))
 

@@ -61,7 +61,8 @@ def test_checkpoints_store_the_model_arguments(source, tmp_path):
     model = PANet("small", alpha=7.0)  # a cosine scale TrainConfig does not name
     train(source, train_classes(0), small_config(2), out=tmp_path, model=model, progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert ckpt["model_args"] == {"backbone": "small", "align": True, "alpha": 7.0, "resnet_layer": "layer3"}
+    assert ckpt["model_args"] == {"backbone": "small", "align": True, "alpha": 7.0, "resnet_layer": "layer3",
+                                  "method": "panet", "refine": False}
     loaded = load_model(tmp_path / "checkpoint.pt")
     assert (loaded.backbone, loaded.alpha) == ("small", 7.0)
     # A bare state dict reads as {"model": it}; anything else is refused plainly.
