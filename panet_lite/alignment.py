@@ -24,6 +24,15 @@ def query_prototypes(query_features: torch.Tensor, query_scores: torch.Tensor) -
     return pooled / (area.unsqueeze(-1) + EPS), area[:, 1:] > 0
 
 
+def support_target(support_fg: torch.Tensor, support_bg: torch.Tensor) -> torch.Tensor:
+    """A support's masks (..., H, W) as a cross-entropy target: 1 on the foreground, then 0 on the
+    background (written last, as in the authors' code), 255 (ignored) elsewhere."""
+    label = torch.full(support_fg.shape, IGNORE, dtype=torch.long, device=support_fg.device)
+    label[support_fg == 1] = 1
+    label[support_bg == 1] = 0
+    return label
+
+
 def alignment_terms(support_features: torch.Tensor, query_features: torch.Tensor, query_scores: torch.Tensor,
                     support_fg: torch.Tensor, support_bg: torch.Tensor) -> dict:
     """PAR before its reduction: every support re-segmented from the query, and its loss term.
@@ -47,9 +56,7 @@ def alignment_terms(support_features: torch.Tensor, query_features: torch.Tensor
     pair_per_shot = pairs.unsqueeze(2).expand(B, N, K, 2, -1).flatten(0, 2)
     scores = prototype_scores(feats, pair_per_shot)[:, 0]  # (B*N*K, 2, h, w)
     logits = upsample_scores(scores, (H, W))
-    label = torch.full((B * N * K, H, W), IGNORE, dtype=torch.long, device=logits.device)
-    label[support_fg.flatten(0, 2) == 1] = 1
-    label[support_bg.flatten(0, 2) == 1] = 0  # written last, as in the authors' code
+    label = support_target(support_fg.flatten(0, 2), support_bg.flatten(0, 2))
     ce = F.cross_entropy(logits, label, ignore_index=IGNORE, reduction="none").flatten(1)
     n_valid = (label != IGNORE).flatten(1).sum(dim=1).clamp_min(1)  # an all-ignored image adds 0, not NaN
     return {"query_prototypes": protos, "present": present, "logits": logits.view(B, N, K, 2, H, W),

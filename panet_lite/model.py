@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .alignment import alignment_loss
+from .alignment import alignment_loss, support_target
 from .data import IGNORE
 from .encoders import MIN_IMAGE_SIZE, build_encoder
 from .matching import ALPHA, prototype_scores, upsample_scores
@@ -105,9 +105,9 @@ class PANet(nn.Module):
         Returns logits (B, Q, 1 + N, H, W), the alignment loss and SSP's self-matching loss."""
         support_feats, query_feats = self.encode(support_images, query_images)
         size = query_images.shape[-2:]
-        zero = query_feats.new_zeros(())
         if self.method == "ssp":
             return self._ssp_forward(support_feats, query_feats, support_fg, support_bg, query_labels, size)
+        zero = query_feats.new_zeros(())
         prototypes = episode_prototypes(support_feats, support_fg, support_bg, self._pool)  # (B, 1+N, C)
         scores = prototype_scores(query_feats, prototypes, self.alpha)  # (B, Q, 1+N, h, w)
         logits = self._upsample(scores, size)
@@ -143,10 +143,7 @@ class PANet(nn.Module):
         aux = F.cross_entropy(self_logits, labels, ignore_index=IGNORE)
         supp_logits = self._upsample(two_way_scores(feats_k.flatten(0, 1), fg_k.flatten(0, 1), bg_k.flatten(0, 1),
                                                     self.alpha), size)
-        target = torch.full(supp_logits.shape[:1] + supp_logits.shape[2:], IGNORE, dtype=torch.long,
-                            device=supp_logits.device)
-        target[support_fg[:, 0].flatten(0, 1) == 1] = 1
-        target[support_bg[:, 0].flatten(0, 1) == 1] = 0
+        target = support_target(support_fg[:, 0].flatten(0, 1), support_bg[:, 0].flatten(0, 1))
         aux = aux + SUPPORT_SELF_WEIGHT * F.cross_entropy(supp_logits, target, ignore_index=IGNORE)
         if self.refine:  # SSP's code also supervises the prediction before refinement
             aux = aux + F.cross_entropy(self._upsample(match["second"], size), labels, ignore_index=IGNORE)
