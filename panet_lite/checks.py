@@ -637,3 +637,73 @@ def check_table_diagnosis(suspects) -> bool:
     parts = [f"{k} is {TABLE_VERDICTS[k][1]}" for k in wrong] + [f"you missed {k}: {TABLE_VERDICTS[k][1]}"
                                                                   for k in missed]
     return _report(name, False, " | ".join(parts))
+
+
+# ----------------------------------------------------------------------------- chapter 9
+
+def self_support_reference(features, scores, *, fg_threshold: float = 0.7, bg_threshold: float = 0.6,
+                           softmax: bool = True, fallback: bool = True, weighted: bool = False):
+    """SSP's global self-support prototypes of one query, with switches for the usual mistakes:
+    features (C, h, w), scores (2, h, w) [bg, fg] -> (fg (C,), bg (C,))."""
+    from .ssp import TOP_K
+
+    prob = (scores.softmax(dim=0) if softmax else scores).flatten(1)  # (2, h*w)
+    feats = features.flatten(1)  # (C, h*w)
+    out = []
+    for channel, threshold in ((1, fg_threshold), (0, bg_threshold)):
+        p = prob[channel]
+        chosen = p > threshold
+        if fallback and not chosen.any():
+            chosen = torch.zeros_like(chosen)
+            chosen[p.topk(min(TOP_K, p.numel())).indices] = True
+        weights = chosen.to(feats.dtype) * (p if weighted else 1.0)
+        out.append((feats * weights).sum(dim=1) / weights.sum())
+    return tuple(out)
+
+
+MISTAKES["self_support"] = [
+    ("swapping the thresholds (foreground is P(fg) > 0.7, background P(bg) > 0.6)",
+     lambda f, s: self_support_reference(f, s, fg_threshold=0.6, bg_threshold=0.7)),
+    ("thresholding the scores instead of their softmax (the thresholds are probabilities)",
+     lambda f, s: self_support_reference(f, s, softmax=False)),
+    ("weighting the confident pixels by their probability (SSP takes their plain mean)",
+     lambda f, s: self_support_reference(f, s, weighted=True)),
+]
+
+
+def check_self_support(fn: Callable) -> bool:
+    """fn(features (C, h, w), scores (2, h, w) [bg, fg]) -> (fg (C,), bg (C,)): SSP's self-support
+    prototypes, the means of the query features whose P(fg) > 0.7 and whose P(bg) > 0.6, each
+    falling back on its 12 most probable pixels when no pixel passes.
+
+    Three cases: a query with confident pixels of both kinds, one where no pixel is confident
+    foreground (the fallback), and one where none is confident of either."""
+    from .ssp import self_support_prototypes
+
+    ex = Exercise("self-support prototypes", "means of the confident query features",
+                  as_tensor=lambda r: _pair_of(r, "(fg, bg), two prototypes of C channels"),
+                  shape_hints=[(lambda g, e: len(g) == 3 and g[:2] == e[:2],
+                                "average over the chosen pixels: one vector of C per prototype")],
+                  rules=[(lambda got, case: not bool(got.isnan().any()),
+                          "a prototype is NaN: when no pixel passes its threshold, average the 12 most probable "
+                          "pixels instead (the mean of nothing is 0 / 0)")],
+                  mistakes=MISTAKES["self_support"], rtol=1e-5, atol=1e-6)
+    feats = _features(21, 6, 5, 6)
+    confident = _features(22, 2, 5, 6) * 2.0
+    confident[1, :2] += 3.0  # the top rows are surely foreground
+    gap = torch.rand(5, 6, generator=torch.Generator().manual_seed(23))  # distinct values: no ties in the top 12
+    unsure_fg = torch.stack([torch.zeros(5, 6), 3.8 * gap - 3.0])  # fg - bg in (-3, 0.8): P(fg) < 0.69 everywhere
+    unsure = torch.stack([torch.zeros(5, 6), 0.6 * gap - 0.3])  # P within 0.43..0.57: nothing confident
+    cases = []
+    for label, scores in (("a query with confident pixels of both kinds", confident),
+                          ("a query with no confident foreground pixel (P(fg) below 0.7 everywhere)", unsure_fg),
+                          ("a query with no confident pixel at all (P between 0.43 and 0.57)", unsure)):
+        ref = self_support_prototypes(feats[None], scores[None])
+        cases.append(Case(label, (feats, scores), torch.stack([ref["fg"][0], ref["bg"][0]])))
+    return _run(ex, fn, cases)
+
+
+def _pair_of(result, what: str) -> torch.Tensor:
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise TypeError(f"return the pair {what}")
+    return torch.stack([torch.as_tensor(r).float() for r in result])

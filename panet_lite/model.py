@@ -6,6 +6,7 @@ They change a few of PANet's choices and add nothing learned; METHOD_CHOICES lis
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,6 +58,11 @@ class PANet(nn.Module):
                  alpha: float | None = None, resnet_layer: str = "layer3", method: str = "panet",
                  refine: bool = False) -> None:
         super().__init__()
+        self.backbone, self.resnet_layer = backbone, resnet_layer
+        self._set_method(method, align, alpha, refine)
+        self.encoder = build_encoder(backbone, pretrained, resnet_layer)
+
+    def _set_method(self, method: str, align: bool | None, alpha: float | None, refine: bool) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         align = (method == "panet") if align is None else align
@@ -65,10 +71,20 @@ class PANet(nn.Module):
                              f"(--align false)")
         if refine and method != "ssp":
             raise ValueError("--refine is a step of SSP's matching: use it with --method ssp")
-        self.backbone, self.align, self.resnet_layer, self.method, self.refine = (
-            backbone, align, resnet_layer, method, refine)
+        self.align, self.method, self.refine = align, method, refine
         self.alpha = METHOD_CHOICES[method]["scale"] if alpha is None else alpha
-        self.encoder = build_encoder(backbone, pretrained, resnet_layer)
+
+    def as_method(self, method: str, refine: bool = False) -> "PANet":
+        """This model's encoder under another method's matching (its scale, pooling, upsampling and
+        support borders), e.g. to test what SSP's matching alone does for an encoder trained as PANet.
+
+        The new model shares the encoder itself (its weights and its train/eval mode), not a copy;
+        PAR is on only for "panet". Train it only if the two models should learn together.
+        """
+        other = copy.copy(self)
+        other._modules = dict(self._modules)  # assigning a module to one never changes the other
+        other._set_method(method, None, None, refine)
+        return other
 
     @property
     def init_args(self) -> dict:

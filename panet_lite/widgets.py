@@ -19,9 +19,11 @@ from typing import Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 from IPython.display import display
+from matplotlib.patches import Patch
 from torch.utils.data import DataLoader
 
 from .alignment import alignment_loss, alignment_terms
@@ -31,7 +33,8 @@ from .evaluate import predict
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .metrics import IoUMeter
 from .model import PANet
-from .pooling import episode_prototypes, masked_average_pool
+from .pooling import downsampled_mask_pool, episode_prototypes, masked_average_pool
+from .ssp import SSP_SCALE, ssp_match
 # The figures live in viz, the plotting home; plot_episode is re-exported for the widget's users.
 from .viz import (BACKGROUND_COLOR, WAY_COLORS, ground_truth, label_to_rgb, outcome, outcome_handles,  # noqa: F401
                   outline, overlay, plot_episode, support_panel)
@@ -765,6 +768,130 @@ class ModelSwapWidget(_EncodedEpisodeView):
         names = [self.source.class_names[c - 1] for c in self.state["class_ids"]]
         fig = plot_model_swap(self.state, self.item, names)
         fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}", fontsize=10)
+        return fig
+
+
+# ----------------------------------------------------------------------------- SSP's self-support matching
+
+SSP_STAGES = ("support", "self-support", "refined")  # the matchings whose predictions ssp_steps keeps
+
+
+@torch.no_grad()
+def ssp_steps(item: dict, features: tuple[torch.Tensor, torch.Tensor], shots: int | None = None,
+              refine: bool = False, query: int = 0) -> dict:
+    """SSP's matching (chapter 9) on query `query` of a 1-way episode, every step kept.
+
+    `features` are (support, query) features from `encode_episode`, of any encoder: this is SSP's
+    test-time matching, whatever the encoder was trained with. The first `shots` supports are pooled
+    as SSP pools them (mask brought down to the features) and averaged. Returns a dict:
+      fg, bg (C,)                   the support prototypes
+      match                         `ssp.ssp_match`'s output (first, second[, third] scores (1, 2, h, w), ...)
+      fg_mask, bg_mask (h, w)       the confident query pixels the self-support prototypes average
+      bg_fit (h, w)                 cos(F(x), the adaptive background prototype of pixel x)
+      stages                        ("support", "self-support"[, "refined"]): the matchings in order
+      probs, preds, iou             per stage: P(fg) (H, W) at image size, the prediction (H, W), the way's IoU
+    The last stage is SSP's prediction: the one `PANet(method="ssp", refine=refine)` makes.
+    """
+    support_feats, query_feats = features
+    N, K = support_feats.shape[:2]
+    if N != 1:
+        raise ValueError(f"SSP matches 1-way episodes, this one has {N} ways")
+    shots = K if shots is None else shots
+    if not 1 <= shots <= K:
+        raise ValueError(f"shots must be in 1..{K} for this episode, got {shots}")
+    feats = support_feats[0, :shots]
+    fg = downsampled_mask_pool(feats, item["support_fg"][0, :shots]).mean(0)
+    bg = downsampled_mask_pool(feats, item["support_bg"][0, :shots]).mean(0)
+    q = query_feats[query:query + 1]
+    match = ssp_match(q, fg[None], bg[None], refine, SSP_SCALE)
+    scores = {"support": match["first"], "self-support": match["second"]}
+    if refine:
+        scores["refined"] = match["scores"]
+    label = item["query_labels"][query]
+    probs, preds, iou = {}, {}, {}
+    for stage, sc in scores.items():
+        logits = upsample_scores(sc, tuple(label.shape), align_corners=True)[0]  # SSP's upsampling
+        probs[stage], preds[stage] = logits.softmax(dim=0)[1], logits.argmax(dim=0)
+        iou[stage] = episode_iou(preds[stage][None], label[None], 1)[1].item()
+    ss = match["self_support"]
+    bg_local = 0.3 * ss["bg"][..., None, None] + 0.7 * ss["bg_local"]  # the background prototype of each pixel
+    return {"fg": fg, "bg": bg, "match": match, "shots": shots, "refine": refine,
+            "fg_mask": ss["fg_mask"][0], "bg_mask": ss["bg_mask"][0],
+            "bg_fit": F.cosine_similarity(q, bg_local, dim=1)[0], "stages": tuple(scores),
+            "probs": probs, "preds": preds, "iou": iou}
+
+
+def plot_ssp_steps(steps: dict, item: dict, class_name: str | None = None, query: int = 0, size: float = 2.2):
+    """SSP step by step. Top: the support, the query's ground truth, and P(foreground) after each
+    matching. Bottom: the confident query pixels that become the self-support prototypes, how well
+    each pixel's adaptive background prototype fits it, and each matching's prediction scored
+    pixel by pixel, with its IoU. Returns the figure."""
+    stages = steps["stages"]
+    cols = 2 + len(stages)
+    fig, axes = plt.subplots(2, cols, figsize=(size * cols + 0.9, 2 * size + 0.9), squeeze=False,
+                             layout="constrained")
+    image, label = item["query_images"][query], item["query_labels"][query]
+    name = f" ({class_name})" if class_name else ""
+    k = steps["shots"]
+    support_panel(axes[0, 0], item["support_images"][0, 0], item["support_fg"][0, 0], 0, 1,
+                  f"support{name}" + (f", shot 1 of {k}" if k > 1 else ""))
+    ground_truth(axes[0, 1], image, label, 1, title="query: ground truth")
+    titles = {"support": "1. support prototypes", "self-support": "2. with self-support",
+              "refined": "3. refined: 0.7 x 3rd + 0.3 x 2nd"}
+    for j, stage in enumerate(stages):
+        im = axes[0, 2 + j].imshow(steps["probs"][stage].numpy(), cmap="viridis", vmin=0, vmax=1)
+        axes[0, 2 + j].set_title(f"P(foreground)\n{titles[stage]}", fontsize=9)
+        outline(axes[0, 2 + j], label, 1, linewidth=1.4)
+        outcome(axes[1, 2 + j], image, steps["preds"][stage], label, title=f"{titles[stage]}\nIoU {steps['iou'][stage]:.2f}")
+    H, W = label.shape
+    chosen = torch.full(steps["fg_mask"].shape, IGNORE, dtype=torch.long)
+    chosen[steps["bg_mask"]] = 0
+    chosen[steps["fg_mask"]] = 1
+    chosen = F.interpolate(chosen[None, None].float(), size=(H, W), mode="nearest")[0, 0].long()
+    n_fg, n_bg = int(steps["fg_mask"].sum()), int(steps["bg_mask"].sum())
+    overlay(axes[1, 0], image, title=f"confident after 1: {n_fg} fg, {n_bg} bg\nof {steps['fg_mask'].numel()} "
+                                     f"feature pixels")
+    rgba = label_to_rgb(chosen, 1)
+    axes[1, 0].imshow(np.dstack([rgba, np.where(chosen == IGNORE, 0.0, 0.6)]), interpolation="nearest")
+    fit = F.interpolate(steps["bg_fit"][None, None], size=(H, W), mode="bilinear", align_corners=True)[0, 0]
+    im_fit = axes[1, 1].imshow(fit.numpy(), cmap="magma", vmin=-1, vmax=1)
+    axes[1, 1].set_title("cos to each pixel's\nadaptive bg prototype", fontsize=9)
+    outline(axes[1, 1], label, 1, linewidth=1.4)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0, -1], shrink=0.85, label="P(foreground)")
+    fig.colorbar(im_fit, ax=axes[1, 1], shrink=0.8, location="bottom", label="cosine")
+    handles = [Patch(color=WAY_COLORS[0], label="confident foreground"),
+               Patch(color=BACKGROUND_COLOR, label="confident background"), *outcome_handles()]
+    fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=8, frameon=False)
+    return fig
+
+
+class SSPStepsWidget(_EncodedEpisodeView):
+    """SSP's self-support matching on one 1-way test episode: pick the episode and the shots, switch
+    the refinement step on and off, and see which query pixels support the query and how each
+    matching's prediction changes. Any encoder works (SSP's matching needs no training of its own).
+
+    `state` is `ssp_steps(...)` plus "class_ids"; `self.model` supplies the features.
+    """
+
+    def __init__(self, model: PANet, source: SegmentationSource, fold: int = 0, shots: int = 1, seed: int = 1234,
+                 index: int = 0, refine: bool = False, max_shots: int = MAX_SHOTS, size: int | None = None) -> None:
+        controls = self._episode_controls(model, source, fold, 1, shots, seed, index, max_shots, size, max_ways=1)
+        self.refine = widgets.Checkbox(value=refine, description="refine: a second self-support step",
+                                       indent=False, layout=widgets.Layout(width="300px"))
+        self._start([c for c in controls if c is not self.ways] + [self.refine])
+
+    def compute(self) -> dict:
+        _, self.item, features = self.episode()
+        self.state = ssp_steps(self.item, features, self.shots.value, self.refine.value)
+        self.state["class_ids"] = self.item["class_ids"].tolist()
+        return self.state
+
+    def figure(self):
+        fig = plot_ssp_steps(self.state, self.item, self.source.class_names[self.state["class_ids"][0] - 1])
+        fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}, {self.shots.value}-shot", fontsize=10)
         return fig
 
 

@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
 CHECKERS = {"episode_labels": checks.check_episode_labels, "support_masks": checks.check_support_masks,
             "masked_average_pool": checks.check_masked_average_pool, "prototypes": checks.check_prototypes,
             "prototype_scores": checks.check_prototype_scores, "alignment_loss": checks.check_alignment_loss,
-            "class_iou": checks.check_class_iou, "fold_summary": checks.check_fold_summary}
+            "class_iou": checks.check_class_iou, "fold_summary": checks.check_fold_summary,
+            "self_support": checks.check_self_support}
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,29 @@ def test_ssp_forward_and_training_loss_follow_their_code(refine):
     assert net.eval()(s_img, fg, bg, q_img).aux_loss.item() == 0.0  # no labels needed to test
 
 
+def test_as_method_shares_the_encoder_and_matches_as_a_model_built_with_that_method():
+    panet = model("panet").eval()
+    s_img, fg, bg, q_img, _ = episode(K=2)
+    for method, refine in (("mlc", False), ("ssp", False), ("ssp", True)):
+        other = panet.as_method(method, refine)
+        built = model(method, refine).eval()  # the same seed: the same encoder weights
+        with torch.no_grad():
+            torch.testing.assert_close(other(s_img, fg, bg, q_img).logits, built(s_img, fg, bg, q_img).logits,
+                                       rtol=0, atol=0)
+        assert other.encoder is panet.encoder and (other.method, other.refine, other.alpha) == (method, refine, 10.0)
+        assert other.init_args == built.init_args and not other.align
+    assert (panet.method, panet.alpha, panet.align, panet.refine) == ("panet", 20.0, True, False)  # unchanged
+    other = panet.as_method("ssp")
+    other.encoder.train()
+    assert panet.encoder.training  # one encoder, one mode
+    other.extra = torch.nn.Linear(1, 1)  # a module assigned to one model is not the other's
+    assert "extra" not in dict(panet.named_children())
+    with pytest.raises(ValueError, match="--refine is a step of SSP's matching"):
+        panet.as_method("mlc", refine=True)
+    with pytest.raises(ValueError, match="unknown method"):
+        panet.as_method("fss")
+
+
 def test_misuse_says_what_to_do():
     s_img, fg, bg, q_img, q_lab = episode(N=2)
     with pytest.raises(ValueError, match="SSP matches 1-way episodes.*--method panet or mlc"):

@@ -57,3 +57,9 @@ def test_ch08_solutions():
 
     assert checks.check_fold_summary(ch08.my_fold_summary)
     assert checks.check_table_diagnosis(ch08.suspects)
+
+
+def test_ch09_solutions():
+    from solutions import ch09
+
+    assert checks.check_self_support(ch09.my_self_support)

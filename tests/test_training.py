@@ -6,7 +6,7 @@ import torch
 
 from panet_lite.data import fold_classes, train_classes
 from panet_lite.evaluate import EvalConfig, evaluate
-from panet_lite.paper import PAPER_RESULTS, markdown_table, paper_result
+from panet_lite.paper import PAPER_RESULTS, PAR_ABLATION, markdown_table, paper_result
 from panet_lite.synthetic import SyntheticFewShot
 from panet_lite.train import TrainConfig, load_model, train
 
@@ -107,3 +107,5 @@ def test_paper_table_is_the_published_one():
     assert "| PASCAL-5i 1-way 1-shot | 42.3 | 58.0 | 51.1 | 41.2 | 48.1 | 66.5 |" in markdown_table()
     with pytest.raises(KeyError, match="pascal5i 1-way 1-shot"):
         paper_result("pascal5i", 3, 1)
+    for shots, (without, with_par) in PAR_ABLATION.items():  # the ablation's PAR row is PANet's own
+        assert with_par == paper_result("pascal5i", 1, shots).mean and without < with_par

@@ -15,8 +15,8 @@ from panet_lite.episodes import episode_labels  # noqa: E402
 from panet_lite.matching import upsample_scores  # noqa: E402
 from panet_lite.synthetic import SyntheticFewShot  # noqa: E402
 from panet_lite.widgets import (AlignmentWidget, EpisodeBrowser, MetricWidget, ModelSwapWidget,  # noqa: E402
-                                PixelCosineWidget, PrototypeProjection, SimilarityMapWidget, alignment_steps,
-                                encode_episode, pca_2d, pixel_cosine, similarity_maps)
+                                PixelCosineWidget, PrototypeProjection, SimilarityMapWidget, SSPStepsWidget,
+                                alignment_steps, encode_episode, pca_2d, pixel_cosine, similarity_maps, ssp_steps)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -274,6 +274,79 @@ def test_model_swap_shows_each_models_prediction(model, source):
     assert view.figure() is not None
     with pytest.raises(ValueError, match="not one of"):
         ModelSwapWidget({"a": model}, source, model="c")
+
+
+def _ssp_by_hand(item, shots, feats_s, feats_q):
+    """SSP's first and second matchings of a 1-way episode, written out pixel by pixel (small grids)."""
+    def pool(f, m):  # mask brought down to the features, bilinear with aligned corners
+        m = F.interpolate(m[None, None], size=f.shape[-2:], mode="bilinear", align_corners=True)[0]
+        return (f * m).sum(dim=(1, 2)) / (m.sum() + 1e-5)
+
+    fg = torch.stack([pool(feats_s[0, k], item["support_fg"][0, k]) for k in range(shots)]).mean(0)
+    bg = torch.stack([pool(feats_s[0, k], item["support_bg"][0, k]) for k in range(shots)]).mean(0)
+    q = feats_q[0]
+    C, h, w = q.shape
+    pixels = [q[:, y, x] for y in range(h) for x in range(w)]
+
+    def scores(fg_at, bg_at):
+        return torch.tensor([[10 * F.cosine_similarity(p, bg_at(i), dim=0), 10 * F.cosine_similarity(p, fg_at(i), dim=0)]
+                             for i, p in enumerate(pixels)])  # (h*w, 2)
+
+    first = scores(lambda i: fg, lambda i: bg)
+    prob = first.softmax(dim=1)
+    fg_idx = [i for i in range(h * w) if prob[i, 1] > 0.7] or prob[:, 1].topk(12).indices.tolist()
+    bg_idx = [i for i in range(h * w) if prob[i, 0] > 0.6] or prob[:, 0].topk(12).indices.tolist()
+    fg_self = torch.stack([pixels[i] for i in fg_idx]).mean(0)
+    bg_feats = torch.stack([pixels[i] for i in bg_idx])
+    bg_self = bg_feats.mean(0)
+
+    def adaptive(i):
+        weights = torch.stack([2 * F.cosine_similarity(pixels[i], b, dim=0) for b in bg_feats]).softmax(0)
+        return 0.3 * bg_self + 0.7 * (weights[:, None] * bg_feats).sum(0)
+
+    second = scores(lambda i: 0.5 * fg + 0.5 * fg_self, adaptive)
+    return first.T.reshape(2, h, w), second.T.reshape(2, h, w), fg_idx, bg_idx
+
+
+def test_ssp_steps_follow_ssp_and_the_widget_follows_its_controls(model, source):
+    view = SSPStepsWidget(model, source, fold=0, shots=2, seed=3, max_shots=3)
+    s = view.state
+    assert view.classes == fold_classes(0) and len(s["class_ids"]) == 1 and view.ways not in view.controls
+    feats_s, feats_q = view.episode()[2]
+    first, second, fg_idx, bg_idx = _ssp_by_hand(view.item, 2, feats_s, feats_q)
+    torch.testing.assert_close(s["match"]["first"][0], first, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s["match"]["second"][0], second, rtol=1e-4, atol=1e-4)
+    assert sorted(s["fg_mask"].flatten().nonzero().squeeze(1).tolist()) == sorted(fg_idx)
+    assert sorted(s["bg_mask"].flatten().nonzero().squeeze(1).tolist()) == sorted(bg_idx)
+    assert s["stages"] == ("support", "self-support") and s["shots"] == 2
+    # The last stage is SSP's prediction: the model's own with method="ssp", on the shots used.
+    item = view.item
+    for refine in (False, True):
+        view.refine.value = refine
+        r = view.state
+        ssp = model.as_method("ssp", refine)
+        with torch.no_grad():
+            logits = ssp(item["support_images"][None, :, :2], item["support_fg"][None, :, :2],
+                         item["support_bg"][None, :, :2], item["query_images"][None]).logits[0, 0]
+        last = r["stages"][-1]
+        assert last == ("refined" if refine else "self-support")
+        assert torch.equal(r["preds"][last], logits.argmax(dim=0))
+        torch.testing.assert_close(r["probs"][last], logits.softmax(dim=0)[1])
+        label = item["query_labels"][0]
+        for stage in r["stages"]:
+            pred, valid = r["preds"][stage], label != 255
+            inter = ((pred == 1) & (label == 1) & valid).sum().item()
+            union = (((pred == 1) | (label == 1)) & valid).sum().item()
+            assert r["iou"][stage] == pytest.approx(inter / union)
+        assert len(view.figure().axes) == 2 * (2 + len(r["stages"])) + 2  # + two colour bars
+    view.shots.value = 1
+    assert view.state["shots"] == 1
+    view.index.value = 4
+    assert not torch.equal(view.item["query_images"], item["query_images"])
+    with pytest.raises(ValueError, match="SSP matches 1-way episodes"):
+        ssp_steps(item, (torch.cat([feats_s, feats_s]), feats_q))
+    with pytest.raises(ValueError, match="shots must be in 1..3"):
+        ssp_steps(item, (feats_s, feats_q), shots=4)
 
 
 def test_metric_widget_equals_evaluate_and_a_loop(model, source):

@@ -101,22 +101,39 @@ def browser():
 class Chapter:
     """One notebook open in JupyterLab, all its cells run."""
 
-    def __init__(self, browser, lab, name: str):
+    def __init__(self, browser, lab, name: str, upto: str | None = None):
         self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
         self.page.set_default_timeout(CONTROL_TIMEOUT_S * 1000)
         self.page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}&reset")
         self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
         self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
                                     ".jp-KernelStatus-success, .jp-Toolbar-kernelStatus", timeout=90_000)
-        self.run_all()
+        self.run_all(upto)
 
-    def run_all(self) -> None:
+    def _menu(self, item: str) -> None:
+        self.page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
+        self.page.get_by_text(item, exact=True).click()
+
+    def run_all(self, upto: str | None = None) -> None:
+        """Run every cell (JupyterLab's Run > Run All Cells), or with `upto`, the cells down to the
+        first one whose source holds that text, as Run All Above Selected Cell, then Run Selected Cell."""
         page = self.page
-        page.locator(".jp-Notebook").first.click()
-        page.keyboard.press("Escape")
-        # JupyterLab's own command, as Run > Run All Cells does.
-        page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
-        page.get_by_text("Run All Cells", exact=True).click()
+        if upto is None:
+            page.locator(".jp-Notebook").first.click()
+            page.keyboard.press("Escape")
+            self._menu("Run All Cells")
+        else:
+            target = page.locator(".jp-CodeCell").filter(has=page.locator(".jp-InputArea", has_text=upto)).first
+            target.scroll_into_view_if_needed()
+            target.locator(".jp-InputPrompt").first.click()  # selects the cell, in command mode
+            self._menu("Run All Above Selected Cell")
+            self._wait()
+            target.locator(".jp-InputPrompt").first.click()
+            self._menu("Run Selected Cell")
+        self._wait()
+
+    def _wait(self) -> None:
+        page = self.page
         deadline = time.time() + RUN_TIMEOUT_S
         time.sleep(2)
         while time.time() < deadline:
@@ -208,9 +225,9 @@ def differs(a: np.ndarray, b: np.ndarray) -> bool:
 def chapter(browser, lab, request):
     opened = {}
 
-    def open_(name):
+    def open_(name, upto=None):
         if name not in opened:
-            opened[name] = Chapter(browser, lab, name)
+            opened[name] = Chapter(browser, lab, name, upto)
         return opened[name]
     yield open_
     for c in opened.values():
@@ -299,3 +316,17 @@ def test_metric_widget(chapter):
     corrected = w.toggle("corrected")
     w.screenshot("06-metric-after-corrected-meter")
     assert differs(fewer, corrected)
+
+
+def test_ssp_step_by_step(chapter):
+    # The chapter's measurements come after the widget: run the cells down to it only.
+    w = chapter("09_beyond_panet.ipynb", upto="SSPStepsWidget(model").widget("SSPStepsWidget(")
+    before = w.image()
+    w.screenshot("09-ssp-before")
+    refined = w.check("refine")
+    w.screenshot("09-ssp-after-refine")
+    assert refined.shape[1] > before.shape[1]  # one more column: the refined matching
+    other = w.set_slider("episode", 3)  # another episode: another support (top left), same layout
+    w.screenshot("09-ssp-after-episode-3")
+    assert other.shape == refined.shape and differs(region(refined, 0.05, 0.45, 0.0, 0.15),
+                                                    region(other, 0.05, 0.45, 0.0, 0.15))
