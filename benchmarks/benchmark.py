@@ -88,12 +88,12 @@ def peak_memory(device: torch.device) -> dict:
     return {"peak_process_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
-def episode_batches(n: int, size: int, batch_size: int = 1, train: bool = True) -> list[dict]:
-    """n collated batches of 1-way 1-shot episodes of the embedded dataset (64 px), resized to size x size:
-    support_images (B, 1, 1, 3, size, size), query_images (B, 1, 3, size, size), ..."""
+def episode_batches(n: int, size: int, batch_size: int = 1, train: bool = True, shots: int = 1) -> list[dict]:
+    """n collated batches of 1-way episodes of the embedded dataset (64 px), resized to size x size:
+    support_images (B, 1, shots, 3, size, size), query_images (B, 1, 3, size, size), ..."""
     source = SyntheticFewShot("trainaug" if train else "val", 300, 64)
     classes = train_classes(0) if train else fold_classes(0)
-    data = EpisodeDataset(source, classes, n * batch_size, seed=1234, size=size, flip=train)
+    data = EpisodeDataset(source, classes, n * batch_size, n_shots=shots, seed=1234, size=size, flip=train)
     return [default_collate([data[i] for i in range(j, j + batch_size)]) for j in range(0, len(data), batch_size)]
 
 
@@ -102,14 +102,16 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def train_row(name: str, backbone: str, size: int, device: torch.device, steps: int, warmup: int,
-              amp: bool = False, channels_last: bool = False, lr: float = 1e-3) -> Row:
+              amp: bool = False, channels_last: bool = False, lr: float = 1e-3, shots: int = 1,
+              recompute: bool = False) -> Row:
     """Steps/s of PANet's training step (forward, segmentation + alignment loss, backward, SGD)."""
     torch.manual_seed(0)
     model = PANet(backbone, pretrained=False).to(device).train()
+    model.recompute = recompute
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    batches = [to_device(b, device) for b in episode_batches(min(steps + warmup, 8), size)]
+    batches = [to_device(b, device) for b in episode_batches(min(steps + warmup, 8), size, shots=shots)]
     aligned = []
 
     def step(i: int) -> None:
@@ -124,7 +126,8 @@ def train_row(name: str, backbone: str, size: int, device: torch.device, steps: 
 
     reset_peak(device)
     seconds = timed(step, steps, warmup, device)
-    setting = ("bf16 autocast + channels_last" if amp else "fp32") + f", {size} px, {steps} steps"
+    setting = ("bf16 autocast + channels_last" if amp else "fp32") + f", {size} px, {shots}-shot, {steps} steps"
+    setting += ", --recompute" if recompute else ""
     notes = {**peak_memory(device), "seconds_per_step": round(seconds, 4),
              "align_loss_active": f"{sum(aligned)}/{len(aligned)} steps"}
     if backbone == "vgg16":
@@ -225,9 +228,16 @@ def run(quick: bool, device: torch.device) -> list[Row]:
                      load_seconds)
         print(f"  {r.name} ({r.setting}): {r.value:.3f} {r.unit}", file=sys.stderr)
         rows.append(r)
-    for amp in precisions:
-        r = train_row("train: PANet VGG-16 1-way 1-shot", "vgg16", PAPER_SIZE, device, n(50, 2), n(5, 1), amp,
-                      channels_last=amp)
+    # 1-shot, then 5-shot (on a CPU the process's peak memory only grows: smallest first).
+    for shots in (1, 5):
+        for amp in precisions:
+            r = train_row(f"train: PANet VGG-16 1-way {shots}-shot", "vgg16", PAPER_SIZE, device, n(50, 2),
+                          n(5, 1), amp, channels_last=amp, shots=shots)
+            print(f"  {r.name} ({r.setting}): {r.value:.3f} {r.unit}", file=sys.stderr)
+            rows.append(r)
+    if device.type == "cuda":
+        r = train_row("train: PANet VGG-16 1-way 5-shot", "vgg16", PAPER_SIZE, device, n(50, 2), n(5, 1), True,
+                      channels_last=True, shots=5, recompute=True)
         print(f"  {r.name} ({r.setting}): {r.value:.3f} {r.unit}", file=sys.stderr)
         rows.append(r)
     return rows

@@ -321,3 +321,23 @@ def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_l
                              "`test --notrain` needs --backbone vgg16 or resnet50)")
         return SmallEncoder()
     raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+
+
+RECOMPUTE_BACKBONES = ("vgg16", "small")  # the Sequential encoders, which recompute_pieces can cut
+
+
+def recompute_pieces(encoder: nn.Module) -> list[nn.Sequential]:
+    """A Sequential encoder cut after each max-pool: the pieces that activation checkpointing keeps
+    only the inputs of, and recomputes one at a time in the backward pass. Each piece starts with a
+    convolution, so no in-place ReLU ever overwrites a kept input."""
+    if not isinstance(encoder, nn.Sequential):
+        raise ValueError(f"recompute needs one of the {', '.join(RECOMPUTE_BACKBONES)} encoders, "
+                         f"not {type(encoder).__name__}")
+    pieces, current = [], []
+    for layer in encoder:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            pieces.append(nn.Sequential(*current))
+            current = []
+    return pieces + ([nn.Sequential(*current)] if current else [])
+

@@ -33,19 +33,29 @@ class IoUMeter:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
         ids = torch.as_tensor(class_ids, dtype=torch.long).flatten().cpu()
         J = len(ids) + 1
-        pred = pred.reshape(-1, pred.shape[-2] * pred.shape[-1]).long()
-        target = target.reshape(pred.shape).long()
-        if pred.min() < 0 or pred.max() >= J:
-            raise ValueError(f"pred holds labels outside 0..{J - 1} for a {J - 1}-way episode")
+        pred = pred.reshape(-1, pred.shape[-2] * pred.shape[-1])
+        target = target.reshape(pred.shape)
         Q = pred.shape[0]
-        # Ignored pixels go to an extra target row J that is dropped: one pass, no masked copies.
-        t = torch.where(target == IGNORE, J, target)
-        if t.min() < 0 or t.max() > J or (target == J).any():
+        p_lo, p_hi = torch.aminmax(pred)
+        if p_lo < 0 or p_hi >= J:
+            raise ValueError(f"pred holds labels outside 0..{J - 1} for a {J - 1}-way episode")
+        t_lo, t_hi = torch.aminmax(target)
+        if t_lo < 0 or t_hi > IGNORE:
             raise ValueError(f"target holds labels outside 0..{J - 1} and 255 for a {J - 1}-way episode")
-        # Confusion matrix per query: conf[q, t, p] = #pixels with target t and prediction p.
-        offsets = torch.arange(Q, device=pred.device).unsqueeze(1) * ((J + 1) * J)
-        flat = (offsets + t * J + pred).flatten()
-        conf = torch.bincount(flat, minlength=Q * (J + 1) * J).view(Q, J + 1, J)[:, :J].cpu().double()
+        # One table lookup maps the target's labels to rows: 0..J-1 stay, 255 -> row J (dropped below),
+        # anything else -> row J + 1, whose count says the target was invalid. Then one multiply-add
+        # and one bincount give every query's confusion matrix: no masked copies, few passes.
+        rows = torch.full((IGNORE + 1,), J + 1, dtype=torch.long, device=pred.device)
+        rows[:J] = torch.arange(J, device=pred.device)
+        rows[IGNORE] = J
+        cells = (J + 2) * J  # per query: target row (J + 2 of them) x predicted label (J)
+        flat = torch.add(pred.long(), rows[target.long()], alpha=J)
+        if Q > 1:
+            flat += torch.arange(Q, device=pred.device).unsqueeze(1) * cells
+        conf = torch.bincount(flat.flatten(), minlength=Q * cells).view(Q, J + 2, J).cpu()
+        if conf[:, J + 1].any():
+            raise ValueError(f"target holds labels outside 0..{J - 1} and 255 for a {J - 1}-way episode")
+        conf = conf[:, :J].double()  # conf[q, t, p] = #pixels of query q with target t and prediction p
         tp = conf.diagonal(dim1=1, dim2=2)  # (Q, J)
         gt = conf.sum(dim=2)  # |G_j|
         predicted = conf.sum(dim=1)  # |P_j| (pred == j, target != 255)

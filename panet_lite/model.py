@@ -13,10 +13,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .alignment import alignment_loss, support_target
 from .data import IGNORE
-from .encoders import MIN_IMAGE_SIZE, build_encoder
+from .encoders import MIN_IMAGE_SIZE, build_encoder, recompute_pieces
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .pooling import downsampled_mask_pool, episode_prototypes, masked_average_pool
 from .ssp import SSP_SCALE, ssp_match, two_way_scores
@@ -111,8 +112,22 @@ class PANet(nn.Module):
         if min(images.shape[-2:]) < MIN_IMAGE_SIZE:  # 1 feature pixel a side: fg and bg prototypes coincide
             raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} pixels are too small for the "
                              f"stride-8 encoder: use at least {MIN_IMAGE_SIZE} pixels a side (--size)")
-        feats = self.encoder(images)
+        feats = self._run_encoder(images)
         return feats[: B * N * K].unflatten(0, (B, N, K)), feats[B * N * K:].unflatten(0, (B, Q))
+
+    recompute = False  # set by train(config.recompute): activation checkpointing of the encoder in training
+
+    def _run_encoder(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's features; with `recompute` (training, gradients on), only the input of each
+        piece between max-pools is kept, and each piece's activations are recomputed in backward, one
+        image at a time (the encoders normalise each image on its own, so that changes nothing): the
+        same gradients, a fraction of the memory, one more encoder forward per step."""
+        if not (self.recompute and self.training and torch.is_grad_enabled()):
+            return self.encoder(images)
+        x = images
+        for piece in recompute_pieces(self.encoder):
+            x = torch.cat([checkpoint(piece, image, use_reentrant=False) for image in x.split(1)])
+        return x
 
     def forward(self, support_images: torch.Tensor, support_fg: torch.Tensor, support_bg: torch.Tensor,
                 query_images: torch.Tensor, query_labels: torch.Tensor | None = None) -> PANetOutput:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from .data import IGNORE, SegmentationSource
-from .encoders import BACKBONES, MIN_IMAGE_SIZE
+from .encoders import BACKBONES, MIN_IMAGE_SIZE, RECOMPUTE_BACKBONES
 from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .model import METHODS, PANet
@@ -56,6 +56,9 @@ class TrainConfig:
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
     channels_last: bool = option(False, "channels-last memory format for convolutions (faster on GPU and CPU)")
+    recompute: bool = option(False, "activation checkpointing: keep only a few of the encoder's activations and "
+                                    "recompute the others in backward (less memory, one more encoder forward "
+                                    "per step; vgg16 and small)")
     workers: int = option(0, "DataLoader worker processes", at_least=0)
     log_every: int = option(50, "steps between log lines", at_least=1)
     checkpoint_every: int = option(1000, "steps between checkpoints (one is always written at the end)", at_least=1)
@@ -68,6 +71,9 @@ class TrainConfig:
                              f"method's recipe")
         if self.refine and self.method != "ssp":
             raise ValueError("--refine is a step of SSP's matching: use it with --method ssp")
+        if self.recompute and self.backbone not in RECOMPUTE_BACKBONES:
+            raise ValueError(f"--recompute works with the {' and '.join(RECOMPUTE_BACKBONES)} encoders, not "
+                             f"{self.backbone}: drop it, or lower --batch-size / --size to save memory")
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> "TrainConfig":
@@ -90,7 +96,7 @@ def build_model(config: TrainConfig) -> PANet:
 
 
 # Fields that say how to run, not what is trained: a checkpoint may be resumed with other values.
-RUN_ONLY_FIELDS = ("steps", "pretrained", "device", "amp", "channels_last", "workers", "log_every",
+RUN_ONLY_FIELDS = ("steps", "pretrained", "device", "amp", "channels_last", "recompute", "workers", "log_every",
                    "checkpoint_every")
 
 
@@ -303,6 +309,7 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     model = (model or build_model(config if ckpt is None else replace(config, pretrained=False))).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model.recompute = config.recompute
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     state = TrainState()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from panet_lite import PANet
-from panet_lite.encoders import VGG16Encoder, load_vgg16_weights
+from panet_lite.encoders import VGG16Encoder, load_vgg16_weights, recompute_pieces
 from panet_lite.pooling import masked_average_pool
 
 
@@ -238,3 +238,34 @@ def test_cosine_matches_torch_cosine_similarity():
     ref = 20 * F.cosine_similarity(f[:, :, None], p[:, None, :, :, None, None], dim=3, eps=1e-8)
     torch.testing.assert_close(ours, ref)
     assert math.isclose(prototype_scores(f, p, alpha=1.0).abs().max().item(), ours.abs().max().item() / 20)
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "small"])
+def test_recompute_gives_the_same_losses_and_gradients(backbone):
+    """Activation checkpointing keeps fewer activations, never other numbers."""
+    torch.manual_seed(0)
+    model = PANet(backbone).double().train()
+    s_img, s_fg, s_bg, q_img = tiny_episode(B=1, N=2, K=2, Q=1, H=33)[:4]
+    grads = []
+    for recompute in (False, True):
+        model.recompute = recompute
+        model.zero_grad()
+        out = model(s_img, s_fg, s_bg, q_img)
+        (out.logits.square().mean() + out.align_loss).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert out.align_loss.item() > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    pieces = recompute_pieces(model.encoder)
+    assert sum(len(p) for p in pieces) == len(model.encoder) and all(isinstance(p[0], torch.nn.Conv2d) for p in pieces)
+
+
+def test_recompute_is_refused_where_the_encoder_cannot_be_cut():
+    from panet_lite.train import TrainConfig
+
+    with pytest.raises(ValueError, match="--recompute works with the vgg16 and small encoders, not resnet50"):
+        TrainConfig(backbone="resnet50", recompute=True)
+    model = PANet("resnet50").train()
+    model.recompute = True
+    with pytest.raises(ValueError, match="recompute needs one of the vgg16, small encoders"):
+        model(*[t.float() for t in tiny_episode(B=1, N=1, K=1, Q=1, H=33)[:4]])

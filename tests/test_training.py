@@ -40,6 +40,18 @@ def test_resume_gives_the_same_weights_as_one_straight_run(source, tmp_path):
         assert torch.equal(p, q)
 
 
+def test_recompute_trains_to_the_same_weights_and_resumes_a_run_without_it(source, tmp_path):
+    from dataclasses import replace
+
+    plain, _ = train(source, train_classes(0), small_config(4), out=tmp_path / "a", progress=False)
+    train(source, train_classes(0), small_config(2), out=tmp_path / "b", progress=False)
+    # --recompute says how to run, not what is trained: it may resume a run started without it.
+    recomputed, _ = train(source, train_classes(0), replace(small_config(4), recompute=True), out=tmp_path / "b",
+                          progress=False)
+    for p, q in zip(plain.parameters(), recomputed.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def test_a_finished_run_is_loaded_without_drawing_an_episode(source, tmp_path, monkeypatch):
     import panet_lite.train as training
 
