@@ -51,9 +51,10 @@ def episode(size: int, shots: int, device: torch.device, seed: int = 1234) -> di
 
 
 RECOMPUTE = "panet_lite --recompute"
+COMPILED = "panet_lite, torch.compile"
 
 
-def models(device: torch.device, channels_last: bool = False, recompute: bool = False) -> dict:
+def models(device: torch.device, channels_last: bool = False, recompute: bool = False, compile: bool = False) -> dict:
     """panet_lite's PANet (and, with `recompute`, a copy that trains with activation checkpointing)
     and the loop reference, each with an identical copy of the same encoder weights."""
     torch.manual_seed(0)
@@ -62,6 +63,9 @@ def models(device: torch.device, channels_last: bool = False, recompute: bool = 
     if recompute:
         nets[RECOMPUTE] = copy.deepcopy(ours)
         nets[RECOMPUTE].recompute = True
+    if compile:  # the encoder compiled in place (nn.Module.compile keeps the weights' names)
+        nets[COMPILED] = copy.deepcopy(ours)
+        nets[COMPILED].encoder.compile()
     for name in nets:
         if channels_last and name != "reference":  # panet_lite's option (TrainConfig.channels_last)
             nets[name] = nets[name].to(memory_format=torch.channels_last)
@@ -114,10 +118,10 @@ def interleaved(fns: dict, reps: int, device: torch.device, warmup: int = 1) -> 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def speed_rows(device: torch.device, reps: int, channels_last: bool) -> list[dict]:
+def speed_rows(device: torch.device, reps: int, channels_last: bool, compile: bool = False) -> list[dict]:
     rows = []
     for size, shots in SETTINGS:
-        nets = models(device, channels_last, recompute=True)
+        nets = models(device, channels_last, recompute=True, compile=compile)
         b = episode(size, shots, device)
         # Same weights, same episode: the two compute the same losses and predictions (float round-off aside).
         with torch.no_grad():
@@ -128,11 +132,16 @@ def speed_rows(device: torch.device, reps: int, channels_last: bool) -> list[dic
         agree = bool(torch.allclose(l_ours, l_ref, rtol=1e-3, atol=1e-3)) and abs(a_ours.item() - a_ref.item()) < 1e-3
         opts = {n: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4) for n, m in nets.items()}
         setting = f"{size} px 1-way {shots}-shot"
-        train = interleaved({n: (lambda n=n: train_step(n, nets[n], opts[n], b)) for n in nets}, reps, device)
+        # torch.compile compiles on its first calls (for training and again for eval): two warm-up calls.
+        train = interleaved({n: (lambda n=n: train_step(n, nets[n], opts[n], b)) for n in nets}, reps, device,
+                            warmup=2 if compile else 1)
         test = interleaved({n: (lambda n=n: test_forward(n, nets[n], b)) for n in nets if n != RECOMPUTE},
-                           reps, device)
-        for kind, t, ours in (("train", train, "panet_lite"), ("train", train, RECOMPUTE), ("test", test, "panet_lite")):
-            name = f"{kind} {'step' if kind == 'train' else 'forward'}" + (", --recompute" if ours == RECOMPUTE else "")
+                           reps, device, warmup=2 if compile else 1)
+        variants = [("train", train, "panet_lite"), ("train", train, RECOMPUTE), ("test", test, "panet_lite")]
+        variants += [("train", train, COMPILED), ("test", test, COMPILED)] if compile else []
+        for kind, t, ours in variants:
+            name = f"{kind} {'step' if kind == 'train' else 'forward'}" + {RECOMPUTE: ", --recompute",
+                                                                            COMPILED: ", torch.compile"}.get(ours, "")
             rows.append({"measurement": name, "setting": setting, "panet_lite": t[ours], "reference": t["reference"],
                          "unit": "s", "ratio": t[ours] / t["reference"], "target": f"<= {TARGETS[kind]}",
                          "met": t[ours] / t["reference"] <= TARGETS[kind], "same_outputs": agree})
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of each model and row (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own)")
     parser.add_argument("--channels-last", action="store_true", help="panet_lite in channels-last memory format")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time panet_lite with its encoder under torch.compile (compiles first: minutes)")
     parser.add_argument("--rows", default="metric,speed,memory",
                         help="which measurements, comma-separated (default: metric,speed,memory)")
     parser.add_argument("--out", help="also write the rows as JSON to this file")
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     chosen = set(args.rows.split(","))
     rows = [metric_row()] if "metric" in chosen else []
-    rows += speed_rows(device, args.reps, args.channels_last) if "speed" in chosen else []
+    rows += speed_rows(device, args.reps, args.channels_last, args.compile) if "speed" in chosen else []
     rows += memory_rows(device) if "memory" in chosen else []
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     info = (f"{where}, torch {torch.__version__}{', channels-last' if args.channels_last else ''}, "

@@ -85,7 +85,7 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
 
 
 # Test settings that do not change the result (or only say where to write it).
-_EVAL_RUN_ONLY = ("batch_size", "device", "workers", "save_episodes")
+_EVAL_RUN_ONLY = ("batch_size", "device", "workers", "save_episodes", "compile")
 
 
 def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig) -> bool:
