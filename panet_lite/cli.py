@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--no-check-counts", dest="check_counts", action="store_false",
                        help="pascal: skip that comparison after building, e.g. for a deliberate subset; by default "
                             "a mismatch (such as a partial SBD download gives) is an error")
+    p.add_argument("--voc-url", help="pascal: download VOCtrainval_11-May-2012.tar from this mirror (the official "
+                                     "host is often down); its checksum is still checked")
+    p.add_argument("--sbd-url", help="pascal: download SBD's benchmark.tgz from this mirror; checksum still checked")
+    p.add_argument("--coco-url", action="append", default=[], metavar="NAME=URL",
+                   help="coco: download archive NAME (annotations, train2014 or val2014) from URL; repeat for "
+                        "several; checksums still checked")
 
     p = sub.add_parser("train", help=COMMANDS["train"], description=COMMANDS["train"])
     _data_args(p)
@@ -158,14 +164,34 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _coco_urls(pairs: list[str]) -> dict[str, str]:
+    """--coco-url NAME=URL, repeated, as {name: url}; a malformed pair or unknown name is one clear error."""
+    from .coco import COCO_ARCHIVES
+
+    urls = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not url:
+            raise ValueError(f"--coco-url {pair!r}: write NAME=URL, e.g. --coco-url val2014=https://mirror/val2014.zip")
+        if name not in COCO_ARCHIVES:
+            raise ValueError(f"--coco-url {pair!r}: no COCO archive is called {name!r}; "
+                             f"choose one of {', '.join(COCO_ARCHIVES)}")
+        urls[name] = url
+    return urls
+
+
 def cmd_prepare(args) -> int:
+    if args.dataset == "coco" and (args.voc_url or args.sbd_url):
+        raise ValueError("--voc-url and --sbd-url apply to `prepare pascal`; COCO's mirrors go in --coco-url NAME=URL")
+    if args.dataset == "pascal" and args.coco_url:
+        raise ValueError("--coco-url applies to `prepare coco`; PASCAL's mirrors go in --voc-url and --sbd-url")
     if args.dataset == "coco":
         if args.check_only or not args.check_counts:
             raise ValueError("--check-only and --no-check-counts apply to `prepare pascal` only "
                              "(there are no reference counts for COCO)")
         from .coco import prepare_coco
 
-        report = prepare_coco(args.root, download=args.download)
+        report = prepare_coco(args.root, download=args.download, urls=_coco_urls(args.coco_url))
     elif args.check_only:
         from .pascal import check_pascal_counts
 
@@ -174,7 +200,8 @@ def cmd_prepare(args) -> int:
     else:
         from .pascal import prepare_pascal
 
-        report = prepare_pascal(args.root, download=args.download, check_counts=args.check_counts)
+        report = prepare_pascal(args.root, download=args.download, check_counts=args.check_counts,
+                                voc_url=args.voc_url, sbd_url=args.sbd_url)
     print(json.dumps(report, indent=1, default=str))
     return 0
 

@@ -275,6 +275,34 @@ def test_prepare_check_only_misuse_is_one_line(args, expected, tmp_path, capsys)
     assert expected.replace("ROOT", str(tmp_path)) in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["prepare", "coco", "--coco-url", "train=http://mirror/t.zip"],
+     "no COCO archive is called 'train'; choose one of annotations, train2014, val2014"),
+    (["prepare", "coco", "--coco-url", "http://mirror/val2014.zip"], "write NAME=URL"),
+    (["prepare", "coco", "--voc-url", "http://mirror/voc.tar"], "COCO's mirrors go in --coco-url NAME=URL"),
+    (["prepare", "pascal", "--coco-url", "val2014=http://mirror/v.zip"], "PASCAL's mirrors go in --voc-url"),
+])
+def test_mirror_url_misuse_is_one_line(args, expected, tmp_path, capsys):
+    assert main([*args, "--root", str(tmp_path)]) == 2
+    assert expected in one_error_line(capsys)
+
+
+def test_prepare_passes_mirror_urls_on(tmp_path, monkeypatch, capsys):
+    from panet_lite import coco, pascal
+
+    seen = {}
+    monkeypatch.setattr(pascal, "prepare_pascal", lambda root, **kw: seen.setdefault("pascal", kw) and {})
+    monkeypatch.setattr(coco, "prepare_coco", lambda root, **kw: seen.setdefault("coco", kw) and {})
+    assert main(["prepare", "pascal", "--root", str(tmp_path), "--voc-url", "http://m/voc.tar",
+                 "--sbd-url", "http://m/benchmark.tgz"]) == 0
+    assert (seen["pascal"]["voc_url"], seen["pascal"]["sbd_url"]) == ("http://m/voc.tar", "http://m/benchmark.tgz")
+    assert main(["prepare", "coco", "--root", str(tmp_path), "--coco-url", "val2014=http://m/v.zip",
+                 "--coco-url", "annotations=http://m/a.zip"]) == 0
+    assert seen["coco"]["urls"] == {"val2014": "http://m/v.zip", "annotations": "http://m/a.zip"}
+    # A mirror keeps the official checksum: a file that differs from the official one is refused.
+    assert coco._archive_sources(seen["coco"]["urls"])["val2014"] == ("http://m/v.zip", coco.COCO_ARCHIVES["val2014"][1])
+
+
 def test_check_only_and_no_check_counts_exclude_each_other(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "pascal", "--root", str(tmp_path), "--check-only", "--no-check-counts"])

@@ -451,3 +451,15 @@ def test_box_masks_on_prepared_instances(trees):
     fg, bg = box_masks(label, source.load_instances(image_id), 19)
     assert fg.any() and not (fg & bg).any()
     assert (label[fg] == 19).any() and not (label[bg] == 19).any()
+
+
+def test_a_mirror_on_the_command_line_is_still_checked_against_the_official_checksum(tmp_path, archives, capsys):
+    from panet_lite.cli import main
+
+    with fd.serve_directory(archives) as server:  # our small archive is not the official one: refused
+        code = main(["prepare", "pascal", "--root", str(tmp_path / "dest"), "--voc-url",
+                     f"{server.url}/{fd.VOC_ARCHIVE}"])
+        assert f"/{fd.VOC_ARCHIVE}" in server.requests
+    err = capsys.readouterr().err.strip().splitlines()  # the download's progress bar, then one error line
+    assert code == 2 and err[-1].startswith("error:") and "checksum mismatch" in err[-1]
+    assert not any("Traceback" in line for line in err)
