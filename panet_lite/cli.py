@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, fold_required=False)
     p.add_argument("--folds", default=(0, 1, 2, 3), type=int_tuple(0, 3), help="comma-separated folds (default: 0,1,2,3)")
     p.add_argument("--shot-list", default=(1, 5), type=int_tuple(1), help="comma-separated shot counts (default: 1,5)")
+    p.add_argument("--ways", default=1, type=int, help="ways (N) of the training and test episodes (default 1; the "
+                   "paper's COCO-20i 2-way row: --dataset coco20i --ways 2 --shot-list 1 --backbone resnet50)")
     p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
     # --size, --device, --amp, --batch-size and --workers apply to training and testing alike; --seed is
     # the training seed and --test-seed the test sampler's, so a new training seed keeps the test episodes.

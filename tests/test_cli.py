@@ -309,6 +309,21 @@ def test_check_only_and_no_check_counts_exclude_each_other(tmp_path, capsys):
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
+def test_reproduce_ways_trains_and_tests_n_way_models_and_finds_the_published_2_way_row(voc_root, tmp_path):
+    out = tmp_path / "two-way"
+    assert main(["reproduce", "--dataset", "pascal5i", "--root", str(voc_root), "--folds", "0", "--shot-list", "1",
+                 "--ways", "2", "--steps", "2", "--size", "48", "--device", "cpu", "--backbone", "small",
+                 "--pretrained", "false", "--runs", "1", "--episodes", "4", "--out", str(out)]) == 0
+    row = json.loads((out / "fold0-2way-1shot" / "results-faithful.json").read_text())
+    assert row["ways"] == 2 and row["train_config"]["ways"] == 2 and row["eval_config"]["ways"] == 2
+    (setting,) = json.loads((out / "table.json").read_text())["settings"]
+    assert setting["ways"] == 2 and setting["paper_mean"] is None  # the paper has no PASCAL-5i 2-way row
+    # COCO-20i 2-way 1-shot (ResNet-50) is the paper's: the table sets it beside ours.
+    fake = [{"fold": f, "shots": 1, "miou": 0.2, "miou_std": 0.0, "fb_iou": 0.5} for f in range(4)]
+    (coco,) = reproduce.summarize("coco20i", fake, ways=2)["settings"]
+    assert coco["paper_mean"] == paper_result("coco20i", 2, 1).mean == 18.0
+
+
 def test_a_table_of_synthetic_runs_is_a_pipeline_check_without_paper_numbers():
     rows = [{"fold": f, "shots": 1, "miou": 0.5, "miou_std": 0.01, "fb_iou": 0.7} for f in range(4)]
     check = reproduce.summarize("synthetic", rows)
