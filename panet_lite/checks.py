@@ -26,6 +26,7 @@ from .episodes import episode_labels, support_masks
 from .matching import ALPHA, prototype_scores
 from .metrics import IoUMeter
 from .pooling import EPS, episode_prototypes, masked_average_pool
+from .ssp import TOP_K, self_support_prototypes
 
 
 def _report(name: str, ok: bool, detail: str) -> bool:
@@ -172,9 +173,9 @@ def check_episode_labels(fn: Callable) -> bool:
                               episode_labels(two, [7, 3]))])
 
 
-def _pair(result) -> torch.Tensor:
+def _pair(result, what: str = "(fg, bg), two masks of the label's shape") -> torch.Tensor:
     if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise TypeError("return the pair (fg, bg), two masks of the label's shape")
+        raise TypeError(f"return the pair {what}")
     return torch.stack([torch.as_tensor(m).float() for m in result])
 
 
@@ -645,8 +646,6 @@ def self_support_reference(features, scores, *, fg_threshold: float = 0.7, bg_th
                            softmax: bool = True, fallback: bool = True, weighted: bool = False):
     """SSP's global self-support prototypes of one query, with switches for the usual mistakes:
     features (C, h, w), scores (2, h, w) [bg, fg] -> (fg (C,), bg (C,))."""
-    from .ssp import TOP_K
-
     prob = (scores.softmax(dim=0) if softmax else scores).flatten(1)  # (2, h*w)
     feats = features.flatten(1)  # (C, h*w)
     out = []
@@ -678,10 +677,8 @@ def check_self_support(fn: Callable) -> bool:
 
     Three cases: a query with confident pixels of both kinds, one where no pixel is confident
     foreground (the fallback), and one where none is confident of either."""
-    from .ssp import self_support_prototypes
-
     ex = Exercise("self-support prototypes", "means of the confident query features",
-                  as_tensor=lambda r: _pair_of(r, "(fg, bg), two prototypes of C channels"),
+                  as_tensor=lambda r: _pair(r, "(fg, bg), two prototypes of C channels"),
                   shape_hints=[(lambda g, e: len(g) == 3 and g[:2] == e[:2],
                                 "average over the chosen pixels: one vector of C per prototype")],
                   rules=[(lambda got, case: not bool(got.isnan().any()),
@@ -701,9 +698,3 @@ def check_self_support(fn: Callable) -> bool:
         ref = self_support_prototypes(feats[None], scores[None])
         cases.append(Case(label, (feats, scores), torch.stack([ref["fg"][0], ref["bg"][0]])))
     return _run(ex, fn, cases)
-
-
-def _pair_of(result, what: str) -> torch.Tensor:
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise TypeError(f"return the pair {what}")
-    return torch.stack([torch.as_tensor(r).float() for r in result])

@@ -39,9 +39,10 @@ class IoUMeter:
         p_lo, p_hi = torch.aminmax(pred)
         if p_lo < 0 or p_hi >= J:
             raise ValueError(f"pred holds labels outside 0..{J - 1} for a {J - 1}-way episode")
+        bad_target = f"target holds labels outside 0..{J - 1} and 255 for a {J - 1}-way episode"
         t_lo, t_hi = torch.aminmax(target)
         if t_lo < 0 or t_hi > IGNORE:
-            raise ValueError(f"target holds labels outside 0..{J - 1} and 255 for a {J - 1}-way episode")
+            raise ValueError(bad_target)
         # One table lookup maps the target's labels to rows: 0..J-1 stay, 255 -> row J (dropped below),
         # anything else -> row J + 1, whose count says the target was invalid. Then one multiply-add
         # and one bincount give every query's confusion matrix: no masked copies, few passes.
@@ -54,7 +55,7 @@ class IoUMeter:
             flat += torch.arange(Q, device=pred.device).unsqueeze(1) * cells
         conf = torch.bincount(flat.flatten(), minlength=Q * cells).view(Q, J + 2, J).cpu()
         if conf[:, J + 1].any():
-            raise ValueError(f"target holds labels outside 0..{J - 1} and 255 for a {J - 1}-way episode")
+            raise ValueError(bad_target)
         conf = conf[:, :J].double()  # conf[q, t, p] = #pixels of query q with target t and prediction p
         tp = conf.diagonal(dim1=1, dim2=2)  # (Q, J)
         gt = conf.sum(dim=2)  # |G_j|

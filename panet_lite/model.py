@@ -55,6 +55,8 @@ class PANet(nn.Module):
     method's, 20 or 10). refine: SSP's second self-support step.
     """
 
+    recompute = False  # set by train(config.recompute): activation checkpointing of the encoder in training
+
     def __init__(self, backbone: str = "vgg16", pretrained: bool | str | Path = False, align: bool | None = None,
                  alpha: float | None = None, resnet_layer: str = "layer3", method: str = "panet",
                  refine: bool = False) -> None:
@@ -114,8 +116,6 @@ class PANet(nn.Module):
                              f"stride-8 encoder: use at least {MIN_IMAGE_SIZE} pixels a side (--size)")
         feats = self._run_encoder(images)
         return feats[: B * N * K].unflatten(0, (B, N, K)), feats[B * N * K:].unflatten(0, (B, Q))
-
-    recompute = False  # set by train(config.recompute): activation checkpointing of the encoder in training
 
     def _run_encoder(self, images: torch.Tensor) -> torch.Tensor:
         """The encoder's features; with `recompute` (training, gradients on), only the input of each
