@@ -9,6 +9,7 @@ import warnings
 from dataclasses import fields, replace
 from inspect import signature
 
+from . import distributed
 from .demo import DemoConfig
 from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
 from .options import add_options, flag_name, int_tuple, pick
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ways", default=1, type=int, help="ways (N) of the training and test episodes (default 1; the "
                    "paper's COCO-20i 2-way row: --dataset coco20i --ways 2 --shot-list 1 --backbone resnet50)")
     p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
+    p.add_argument("--gpus", default=None, type=int_tuple(0), help="comma-separated GPU ids: run the (fold, shots) "
+                   "jobs side by side, one per GPU at a time, each in its own process (default: one after the "
+                   "other on --device)")
     # --size, --device, --amp, --batch-size and --workers apply to training and testing alike; --seed is
     # the training seed and --test-seed the test sampler's, so a new training seed keeps the test episodes.
     add_options(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp"))
@@ -154,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             _fail("interrupted; rerun the same command to go on (training resumes from its last checkpoint, "
                   "prepare keeps the work it finished)")
             return 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+        finally:
+            distributed.stop()
 
 
 def cmd_demo(args) -> int:
@@ -216,13 +222,15 @@ def cmd_train(args) -> int:
     cfg = _train_config(args)
     out = args.out or run_dir(runs_folder(args.dataset, cfg.method), args.fold, cfg.shots, cfg.ways)
     source = open_source(args.dataset, args.root, split_for(args.dataset, "train"), _dataset_options(args))
+    ranks = distributed.start(cfg.device)  # under torchrun: one process of several (DDP)
     train(source, benchmark(args.dataset).train_classes(args.fold), cfg, out=out)
-    print(f"checkpoint: {out}/checkpoint.pt")
+    if ranks.main:
+        print(f"checkpoint: {out}/checkpoint.pt" + (f" ({ranks.world} processes)" if ranks.world > 1 else ""))
     return 0
 
 
 def cmd_test(args) -> int:
-    from .evaluate import evaluate
+    from .evaluate import check_support, evaluate
     from .model import PANet
     from .reproduce import standard_episodes_name
     from .sources import benchmark, open_source, split_for
@@ -236,6 +244,7 @@ def cmd_test(args) -> int:
         cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/{name}")
     # The data first: a missing or unprepared --root fails before any weights are loaded.
     source = open_source(args.dataset, args.root, split_for(args.dataset, cfg.protocol), _dataset_options(args))
+    check_support(source, cfg.support)
     bench = benchmark(args.dataset)
     seen: list[int] = []
     if args.notrain:
@@ -244,8 +253,12 @@ def cmd_test(args) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         seen = seen_classes(ckpt, bench, args.fold, args.checkpoint, args.allow_seen_classes)
         model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    ranks = distributed.start(cfg.device)  # under torchrun: the episodes are split across the processes
     result = evaluate(model, source, bench.test_classes(args.fold), cfg, progress=not args.json)
-    print(f"{cfg.protocol} protocol, fold {args.fold}, {cfg.ways}-way {cfg.shots}-shot, "
+    if not ranks.main:
+        return 0  # every rank holds the same result; rank 0 reports it
+    supports = "" if cfg.support == "dense" else f", {cfg.support} supports"
+    print(f"{cfg.protocol} protocol, fold {args.fold}, {cfg.ways}-way {cfg.shots}-shot{supports}, "
           f"{cfg.runs} x {cfg.episodes} episodes")
     spread = (lambda std: f" ± {100 * std:.1f}") if cfg.runs > 1 else (lambda std: "")
     print(f"  mIoU   {100 * result.miou:.1f}{spread(result.miou_std)}")
@@ -308,11 +321,16 @@ def seen_classes(ckpt: dict, bench, fold: int, path, allow: bool) -> list[int]:
 def cmd_reproduce(args) -> int:
     from .reproduce import markdown, reproduce, runs_folder
 
+    if distributed.launched():
+        raise ValueError("reproduce is not run under torchrun: it runs its (fold, shots) jobs side by side on "
+                         "several GPUs with --gpus 0,1,...; torchrun is for one `train` or `test`")
     folds, shots = list(args.folds), list(args.shot_list)
     train_cfg, eval_cfg = _train_config(args), _eval_config(args)
     out = args.out or runs_folder(args.dataset, train_cfg.method)
+    if args.gpus and _given(args, "device"):
+        raise ValueError("--gpus picks each job's GPU: drop --device")
     table = reproduce(args.dataset, args.root, out, train_cfg, eval_cfg, folds, shots,
-                      options=_dataset_options(args))
+                      options=_dataset_options(args), gpus=args.gpus)
     print(markdown(table))
     print(f"written to {out}/table.md and {out}/table.json")
     return 0

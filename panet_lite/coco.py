@@ -262,6 +262,26 @@ class COCOSource(SegmentationSource):
                     label[mask.astype(bool)] = class_id
         return image, torch.from_numpy(label)
 
+    def instances_missing(self) -> str | None:
+        return None  # COCO's annotations are instances
+
+    def load_instances(self, image_id: str, classes) -> torch.Tensor:
+        """Instance ids `(H, W)` int64 of the given classes' annotations (crowd regions included, each one
+        instance), numbered 1, 2, ... and painted in the order `load_for_classes` paints them, so the
+        instance on a pixel belongs to the class its label has there; 0 elsewhere."""
+        image, masks = self._annotations(image_id)
+        instances = np.zeros(image.shape[1:], dtype=np.int64)  # (H, W)
+        number = 0
+        for class_id in classes:
+            for mask_class, mask in masks:
+                if mask_class == class_id:
+                    number += 1
+                    instances[mask.astype(bool)] = number
+        if number >= 255:
+            raise DataError(f"image {image_id} has {number} instances of classes {list(classes)}: more than the "
+                            f"254 an instance map holds")
+        return torch.from_numpy(instances)
+
     def class_mask(self, image_id: str, class_id: int) -> torch.Tensor:
         """`(H, W)` bool: the union of the instance masks of one class (1..80) in an image."""
         image, masks = self._annotations(image_id)

@@ -144,6 +144,16 @@ class SegmentationSource:
         its instances overlap."""
         return self.load(image_id)
 
+    def instances_missing(self) -> str | None:
+        """None if `load_instances` works; otherwise, in one line, what is missing and how to get it."""
+        return (f"the {type(self).__name__} data has no instance masks, so it has no boxes to give; "
+                f"test it with --support dense or scribble")
+
+    def load_instances(self, image_id: str, classes: Sequence[int]) -> torch.Tensor:
+        """Instance ids `(H, W)` int64 of an image (0 none, 255 where its label is 255) on the pixels of
+        the given classes, for box supports: each instance of those classes has its own id."""
+        raise ValueError(self.instances_missing())
+
     def class_lists(self, classes: Sequence[int]) -> list[list[str]]:
         """For each class (in the given order), the sorted ids of the images that contain it."""
         lists: dict[int, list[str]] = {c: [] for c in classes}

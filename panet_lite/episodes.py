@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .data import IGNORE, SegmentationSource, data_file, normalize
+from .files import DataError
+from .supports import SUPPORTS, box_masks, resize_instances, scribble_masks
 
 
 @dataclass(frozen=True)
@@ -177,14 +179,21 @@ class EpisodeDataset(Dataset):
     support background (the authors' behaviour). `keep_query_size` also returns the query
     labels at their original size ("query_labels_full"), for the standard protocol (B = 1).
     `episodes` replaces the sampler with given episodes (e.g. `as_episodes(hsnet_episodes(...))`);
-    `pil_resize` resizes images with PIL's bilinear filter (see `resize_pair`).
+    `pil_resize` resizes images with PIL's bilinear filter (see `resize_pair`). `support` is what
+    the supports are annotated with (`supports.SUPPORTS`): "dense" masks, "bbox" (the authors'
+    boxes, from the source's instance masks) or "scribble" (our seeded strokes: the same episode
+    index and seed always give the same strokes).
     """
 
     def __init__(self, source: SegmentationSource, classes: Sequence[int], n_episodes: int, n_ways: int = 1,
                  n_shots: int = 1, n_queries: int = 1, seed: int = 1234, size: int | None = None,
                  flip: bool = False, faithful: bool = True, keep_query_size: bool = False,
-                 episodes: list[Episode] | None = None, pil_resize: bool = False) -> None:
-        self.source, self.classes = source, list(classes)
+                 episodes: list[Episode] | None = None, pil_resize: bool = False, support: str = "dense") -> None:
+        if support not in SUPPORTS:
+            raise ValueError(f"--support must be one of {', '.join(SUPPORTS)}, got {support!r}")
+        if support == "bbox" and source.instances_missing():
+            raise DataError(f"--support bbox: {source.instances_missing()}")
+        self.source, self.classes, self.support = source, list(classes), support
         self.size, self.flip, self.faithful, self.keep_query_size = size, flip, faithful, keep_query_size
         self.pil_resize = pil_resize
         self.seed = seed
@@ -210,6 +219,26 @@ class EpisodeDataset(Dataset):
             image, label = image.flip(-1), label.flip(-1)
         return image, label
 
+    def _instances(self, image_id: str, flip: bool, class_ids: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
+        """A support's instance map, resized and flipped as its label is."""
+        instances = resize_instances(self.source.load_instances(image_id, class_ids), size)
+        return instances.flip(-1) if flip else instances
+
+    def _support_masks(self, index: int, j: int, image_id: str, flip: bool, label: torch.Tensor,
+                       class_id: int, class_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """fg and bg (float, `(H, W)`) of support j (way-major) of episode `index`, as `self.support` says."""
+        if self.support == "dense":
+            return support_masks(label, class_id, class_ids, ignore_is_background=self.faithful)
+        if self.support == "bbox":
+            try:
+                fg, bg = box_masks(label, self._instances(image_id, flip, class_ids, label.shape), class_id)
+            except ValueError as exc:
+                raise DataError(f"support {image_id}: {exc} (its instance mask has no instance on the class's "
+                                f"pixels); rebuild the instance masks with prepare") from None
+        else:
+            fg, bg = scribble_masks(label, class_id, class_ids, np.random.default_rng([self.seed, index, j]))
+        return fg.float(), bg.float()
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ep = self.episodes[index]
         class_ids = [self.classes[w] for w in ep.ways]
@@ -222,7 +251,7 @@ class EpisodeDataset(Dataset):
         s_imgs = torch.stack([im for im, _ in loaded[: N * K]]).unflatten(0, (N, K))
         fg, bg = [], []
         for j, (_, lab) in enumerate(loaded[: N * K]):
-            f, b = support_masks(lab, class_ids[j // K], class_ids, ignore_is_background=self.faithful)
+            f, b = self._support_masks(index, j, ids[j], flips[j], lab, class_ids[j // K], class_ids)
             fg.append(f)
             bg.append(b)
         q_loaded = loaded[N * K:]

@@ -8,8 +8,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from . import distributed
 from .data import PASCAL5I, SegmentationSource
 from .encoders import MIN_IMAGE_SIZE
 from .episodes import (HSNET_EPISODES, HSNET_SEED, HSNET_SIZE, Episode, EpisodeDataset, as_episodes,
@@ -18,7 +19,8 @@ from .files import DataError, ensure_writable_file
 from .metrics import IoUMeter, mean_std
 from .model import PANet
 from .options import check_options, none_or, option
-from .runtime import DEVICE_HELP, autocast, resolve_device
+from .runtime import DEVICE_HELP, autocast
+from .supports import SUPPORT_HELP, SUPPORTS
 
 
 PROTOCOLS = ("faithful", "standard", "hsnet")
@@ -46,6 +48,7 @@ class EvalConfig:
                            choices=PROTOCOLS)
     original_size: bool = option(False, "hsnet protocol: score each query at its original size instead of "
                                         "400 x 400 (HSNet's use_original_imgsize)")
+    support: str = option("dense", SUPPORT_HELP, choices=SUPPORTS)
     batch_size: int = option(1, "episodes per forward pass (results do not depend on it)", at_least=1)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA")
@@ -116,6 +119,13 @@ def _hsnet_draw(source: SegmentationSource, classes: Sequence[int], config: Eval
     return as_episodes(draw_hsnet_episodes(pairs, config.shots, config.episodes, config.seed), classes)
 
 
+def check_support(source: SegmentationSource, support: str) -> None:
+    """Refuse, in one line, box supports on a source without instance masks (before any work)."""
+    problem = source.instances_missing() if support == "bbox" else None
+    if problem:
+        raise DataError(f"--support bbox: {problem}")
+
+
 def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], config: EvalConfig,
              progress: bool = True, episodes: Sequence[Episode] | None = None) -> EvalResult:
     """Test `model` on episodes of `classes` (global ids, ascending) from `source`.
@@ -138,10 +148,13 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
                          f"--batch-size 1 and --queries 1")
     if episodes is not None and config.runs != 1:
         raise ValueError("fixed episodes are one run: use runs=1")
+    check_support(source, config.support)
     fixed = list(episodes) if episodes is not None else _hsnet_draw(source, classes, config) if hsnet else None
     if config.save_episodes:  # before the work: a path that cannot be written fails now, not after the last episode
         ensure_writable_file(config.save_episodes, "--save-episodes")
-    device = resolve_device(config.device)
+    ranks = distributed.current()  # under torchrun: rank r tests episodes r, r + W, r + 2W, ... of each run
+    device = distributed.device(config.device)
+    progress = progress and ranks.main
     model = model.to(device).eval()
     if config.compile:
         model.encoder.compile()  # nn.Module.compile: the weights keep their names; compiled on the first batch
@@ -152,21 +165,22 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
         dataset = EpisodeDataset(source, classes, config.episodes, config.ways, config.shots, config.queries,
                                  seed=config.seed + run, size=config.size, flip=False,
                                  faithful=config.protocol == "faithful" and borders, keep_query_size=full_size,
-                                 episodes=fixed, pil_resize=hsnet)
+                                 episodes=fixed, pil_resize=hsnet, support=config.support)
         drawn.append([ep.__dict__ for ep in dataset.episodes])
         # The corrected meter (false positives of absent classes counted) is, on 1-way episodes,
         # HSNet's too: per class, fg and bg intersection and union summed over episodes, 255 left out.
         meter = IoUMeter(source.num_classes, count_absent_fp=config.protocol != "faithful")
-        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers)
+        mine = dataset if ranks.world == 1 else Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
+        loader = DataLoader(mine, batch_size=config.batch_size, num_workers=config.workers)
         for batch in tqdm(loader, disable=not progress, desc=f"test run {run + 1}/{config.runs}", leave=False):
             target = batch["query_labels_full"] if full_size else batch["query_labels"]
             pred = predict(model, batch, device, config.amp, size=target.shape[-2:])
             for b in range(pred.shape[0]):
                 meter.update(pred[b].cpu(), target[b], batch["class_ids"][b])
-        iou = meter.class_iou()
+        iou = meter.sum_over_ranks().class_iou()
         runs.append({"seed": config.seed + run, "miou": meter.mean_iou(classes), "fb_iou": meter.fb_iou(),
                      "class_iou": {c: iou[c].item() for c in classes}})
-    if config.save_episodes:
+    if config.save_episodes and ranks.main:
         path = Path(config.save_episodes)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"classes": list(classes), "ways": config.ways, "shots": config.shots,

@@ -66,6 +66,15 @@ class IoUMeter:
         self.fp.index_add_(0, global_ids, ((predicted - tp) * record).sum(0))
         self.fn.index_add_(0, global_ids, ((gt - tp) * record).sum(0))
 
+    def sum_over_ranks(self) -> "IoUMeter":
+        """Under torchrun, add every rank's counts into every rank's meter (in place): each rank then
+        holds the counts of all episodes, exactly as one process would (they are integers)."""
+        from .distributed import sum_over_ranks
+
+        counts = sum_over_ranks(torch.stack([self.tp, self.fp, self.fn]))
+        self.tp, self.fp, self.fn = counts[0].clone(), counts[1].clone(), counts[2].clone()
+        return self
+
     def class_iou(self) -> torch.Tensor:
         """IoU of every global id 0..num_classes: (num_classes + 1,), NaN where nothing was recorded."""
         union = self.tp + self.fp + self.fn

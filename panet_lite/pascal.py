@@ -521,8 +521,18 @@ class PascalVOC(SegmentationSource):
         label = self._read_mask("SegmentationClassAug", image_id, image.shape[1:])
         return image, label
 
-    def load_instances(self, image_id: str) -> torch.Tensor:
-        """Instance mask `(H, W)` int64 from SegmentationObjectAug: 0 bg, 1..n instances, 255 borders."""
+    def instances_missing(self) -> str | None:
+        if (self.voc / "SegmentationObjectAug").is_dir():
+            return None
+        return (f"box supports need instance masks, and {self.voc / 'SegmentationObjectAug'} is missing; run "
+                f"`{prepare_hint(self.base)}` (it builds them from VOC SegmentationObject and SBD inst/)")
+
+    def load_instances(self, image_id: str, classes=None) -> torch.Tensor:
+        """Instance mask `(H, W)` int64 from SegmentationObjectAug: 0 bg, 1..n instances, 255 borders
+        (the instances of every class: `classes` is accepted for the common interface and unused)."""
+        problem = self.instances_missing()
+        if problem:
+            raise DataError(problem)
         return self._read_mask("SegmentationObjectAug", image_id)
 
     def _read_mask(self, folder: str, image_id: str, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -544,27 +554,3 @@ class PascalVOC(SegmentationSource):
     def class_lists(self, classes) -> list[list[str]]:
         """For each class (in the given order), the sorted ids of the split's images that contain it."""
         return [list(self._lists[c]) for c in classes]
-
-
-def box_masks(label: torch.Tensor, instances: torch.Tensor, class_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounding-box support masks of a class, as the authors build them.
-
-    label `(H, W)` class ids, instances `(H, W)` instance ids (0 bg, 255 borders). The class's
-    instances are the instance ids on its pixels; fg = the box around the largest one (ties: the
-    lowest id), bg = every pixel outside all of the class's instance boxes. Returns two `(H, W)`
-    bool masks; raises ValueError if the class has no instance in the image.
-    """
-    on_class = torch.where(label == class_id, instances, torch.zeros_like(instances))  # (H, W)
-    on_class[on_class == IGNORE] = 0
-    area = torch.bincount(on_class.flatten().long(), minlength=2)[1:]  # area of instance 1, 2, ...
-    if area.sum() == 0:
-        raise ValueError(f"class {class_id} has no instance in this image")
-    fg = torch.zeros(label.shape, dtype=torch.bool, device=label.device)
-    bg = torch.ones(label.shape, dtype=torch.bool, device=label.device)
-    for instance in (torch.nonzero(area).flatten() + 1).tolist():
-        rows, cols = torch.nonzero(on_class == instance, as_tuple=True)
-        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-        bg[box] = False
-        if instance == int(area.argmax()) + 1:
-            fg[box] = True
-    return fg, bg

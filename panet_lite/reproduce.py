@@ -10,8 +10,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .evaluate import EvalConfig, evaluate
-from .paper import TESTS, later_markdown, later_results, paper_result
+from .evaluate import EvalConfig, check_support, evaluate
+from .paper import TESTS, WEAK_SUPPORTS, later_markdown, later_results, paper_result
 from .sources import REGISTRY, benchmark, open_source, split_for
 from .train import TrainConfig, recipe, train
 
@@ -53,6 +53,12 @@ def standard_episodes_name(fold: int, shots: int, ways: int = 1) -> str:
     return f"episodes-standard-fold{fold}-{setting}.json"
 
 
+def results_name(eval_cfg: EvalConfig) -> str:
+    """The file of a cell's results: one per protocol and support annotation (dense keeps the old name)."""
+    support = "" if eval_cfg.support == "dense" else f"-{eval_cfg.support}"
+    return f"results-{eval_cfg.protocol}{support}.json"
+
+
 def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainConfig, eval_cfg: EvalConfig,
                    out: Path, progress: bool = True, options: Mapping | None = None) -> dict:
     """One cell of the table: train (or resume, or load) the model of (fold, shots), then test it.
@@ -69,14 +75,15 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
     eval_cfg = replace(eval_cfg, shots=shots, ways=train_cfg.ways)
     if eval_cfg.protocol == "standard" and eval_cfg.save_episodes is None:
         eval_cfg = replace(eval_cfg, save_episodes=str(d / standard_episodes_name(fold, shots, train_cfg.ways)))
-    results = d / f"results-{eval_cfg.protocol}.json"
+    results = d / results_name(eval_cfg)
     if results.is_file():
         row = json.loads(results.read_text())
         if _same_setting(row, train_cfg, eval_cfg):
             return row
+    test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), options)
+    check_support(test_source, eval_cfg.support)  # before training: boxes without instance masks fail now
     source = open_source(dataset, root, split_for(dataset, "train"), options)
     model, _ = train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)  # or load, if done
-    test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), options)
     result = evaluate(model, test_source, bench.test_classes(fold), eval_cfg, progress=progress)
     row = {"dataset": dataset, "fold": fold, "shots": shots, "ways": train_cfg.ways, **result.as_dict(),
            "train_config": asdict(train_cfg), "eval_config": asdict(eval_cfg)}
@@ -100,19 +107,89 @@ def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig) -> bo
 
 def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_cfg: EvalConfig,
               folds: Sequence[int] = (0, 1, 2, 3), shots: Sequence[int] = (1, 5), progress: bool = True,
-              options: Mapping | None = None, compare: bool | None = None) -> dict:
+              options: Mapping | None = None, compare: bool | None = None,
+              gpus: Sequence[int] | None = None) -> dict:
     """Train and test every (fold, shots) model, then write `table.md` and `table.json` to `out`.
 
     `compare` is passed to `summarize`: whether the table sets the paper's numbers beside ours.
+    `gpus` (e.g. (0, 1, 2, 3)) runs the (fold, shots) jobs side by side, each in its own process on
+    one of those GPUs, a GPU taking the next job when it is done; the table is the same as one
+    after the other gives (each job is the same computation, on another device).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, options)
-            for k in shots for f in folds]
+    cells = [(f, k) for k in shots for f in folds]
+    if gpus:
+        check_gpus(gpus)
+        rows = _run_on_gpus(cells, list(gpus), dataset, root, train_cfg, eval_cfg, out, progress, options)
+    else:
+        rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, options) for f, k in cells]
     table = summarize(dataset, rows, train_cfg.ways, compare)
     (out / "table.json").write_text(json.dumps(table, indent=1))
     (out / "table.md").write_text(markdown(table))
     return table
+
+
+def check_gpus(gpus: Sequence[int]) -> None:
+    """Refuse, in one line, GPU ids that this machine does not have (or that repeat)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = ",".join(map(str, gpus))
+    if count == 0:
+        raise ValueError(f"--gpus {listed}: PyTorch sees no CUDA GPU on this machine; drop --gpus to run the jobs "
+                         f"one after the other")
+    missing = [g for g in gpus if not 0 <= g < count]
+    if missing:
+        raise ValueError(f"--gpus {listed}: there is no GPU {missing[0]}; this machine has {count} "
+                         f"(--gpus {','.join(map(str, range(count)))})")
+    twice = [g for g in set(gpus) if list(gpus).count(g) > 1]
+    if twice:
+        raise ValueError(f"--gpus {listed}: GPU {twice[0]} is listed twice; one job runs on a GPU at a time")
+
+
+def cell_device(gpu: int) -> str:
+    """The device a job on GPU `gpu` runs on."""
+    return f"cuda:{gpu}"
+
+
+def _run_on_gpus(cells, gpus, dataset, root, train_cfg, eval_cfg, out, progress, options) -> list[dict]:
+    """Each (fold, shots) job in a fresh process on a free GPU of `gpus`; rows in the order of `cells`."""
+    import multiprocessing
+    import threading
+
+    pending, rows, errors, lock = list(cells), {}, [], threading.Lock()
+    spawn = multiprocessing.get_context("spawn")  # a fresh process: its own CUDA context, nothing inherited
+
+    def serve(gpu: int) -> None:
+        device = cell_device(gpu)
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                fold, shots = pending.pop(0)
+            job = (dataset, root, fold, shots, replace(train_cfg, device=device), replace(eval_cfg, device=device),
+                   out, False, options)
+            try:
+                with spawn.Pool(1) as pool:
+                    row = pool.apply(train_and_test, job)
+            except Exception as exc:  # noqa: BLE001  (re-raised below, once every GPU has stopped)
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                rows[fold, shots] = row
+            if progress:
+                print(f"fold {fold}, {shots}-shot on {device}: mIoU {100 * row['miou']:.1f}", flush=True)
+
+    threads = [threading.Thread(target=serve, args=(gpu,)) for gpu in gpus]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [rows[cell] for cell in cells]
 
 
 def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | None = None) -> dict:
@@ -130,6 +207,7 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
     compare = paper_rows is not None if compare is None else compare
     compare = compare and not hsnet  # the paper's numbers come from its own test, not HSNet's
     method = rows[0].get("train_config", {}).get("method", "panet") if rows else "panet"
+    support = rows[0].get("eval_config", {}).get("support", "dense") if rows else "dense"
     settings = []
     for shots in sorted({r["shots"] for r in rows}):
         mine = sorted((r for r in rows if r["shots"] == shots), key=lambda r: r["fold"])
@@ -141,7 +219,10 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
             "mean_miou": sum(folds.values()) / len(folds),
             "mean_fb_iou": sum(100 * r["fb_iou"] for r in mine) / len(mine),
         }
-        if compare:
+        if compare and support == "bbox":  # the paper's box row: a mean only
+            weak = WEAK_SUPPORTS["bbox"].get(shots) if (paper_rows, ways, method) == ("pascal5i", 1, "panet") else None
+            entry |= {"paper_miou": {}, "paper_mean": weak, "paper_fb_iou": None}
+        elif compare and support == "dense":
             paper = published_result(method, paper_rows or dataset, ways, shots)
             entry |= {"paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
                       "paper_mean": paper.mean if paper else None,
@@ -149,11 +230,29 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
         settings.append(entry)
     kind = HSNET_TEST if hsnet and paper_rows is not None else REPRODUCTION if compare else PIPELINE_CHECK
     protocol = rows[0].get("eval_config", {}).get("protocol", "faithful") if rows else "faithful"
-    return {"dataset": dataset, "kind": kind, "method": method, "protocol": protocol, "settings": settings}
+    return {"dataset": dataset, "kind": kind, "method": method, "protocol": protocol, "support": support,
+            "settings": settings}
 
 
 def title(table: dict) -> str:
-    """The table's heading: a reproduction beside the paper, or a synthetic pipeline check."""
+    """The table's heading: a reproduction beside the paper, or a synthetic pipeline check; with the
+    support annotation when it is not dense."""
+    support = table.get("support", "dense")
+    if support == "dense":
+        return _title(table)
+    said = SUPPORT_TITLES[support] if table.get("kind", REPRODUCTION) == REPRODUCTION else SUPPORT_TITLES["check"]
+    return f"{_title(table)}. Supports: {said.format(support=support)}"
+
+
+SUPPORT_TITLES = {
+    "bbox": "the authors' boxes (--support bbox); the paper's box row gives means only",
+    "scribble": "scribbles from our own generator (--support scribble); the paper's scribbles were another set, "
+                "so its scribble numbers are not set beside",
+    "check": "{support} (--support {support})",
+}
+
+
+def _title(table: dict) -> str:
     if table.get("kind") == HSNET_TEST:
         return (f"Results on {table['dataset']} under {HSNET_TEST} (its fixed val lists, one run of 1,000 episodes, "
                 f"seed 0, 400 px; mIoU %). PANet's published numbers come from PANet's own test, so none "

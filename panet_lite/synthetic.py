@@ -166,6 +166,14 @@ class SyntheticFewShot(SegmentationSource):
         image, label = self._drawn[index]
         return image.clone(), label.long()  # copies: a caller may change them in place
 
+    def instances_missing(self) -> str | None:
+        return None
+
+    def load_instances(self, image_id: str, classes=None) -> torch.Tensor:
+        """Instance ids `(H, W)`: an image holds at most one object of a class, so a class's pixels are
+        one instance and the label itself is the instance map (255 borders kept)."""
+        return self.load(image_id)[1]
+
     def _classes_uncached(self, image_id: str) -> frozenset[int]:
         label = self.load(image_id)[1]
         return frozenset(c for c in label.unique().tolist() if c not in (0, IGNORE))
@@ -177,7 +185,7 @@ class SyntheticFewShot(SegmentationSource):
 def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size: int = 96, seed: int = 0) -> Path:
     """Write the embedded dataset as a prepared VOC tree (`root/VOCdevkit/VOC2012`).
 
-    JPEG images, palette-PNG masks in `SegmentationClassAug`, `ImageSets/Segmentation/
+    JPEG images, palette-PNG masks in `SegmentationClassAug` (instances in `SegmentationObjectAug`), `ImageSets/Segmentation/
     {trainaug,val}.txt` and the per-class lists `{trainaug,val}/class{N}.txt`, so the PASCAL
     loaders and the reproduction run on it exactly as on the real data. Returns the VOC2012 dir.
     """
@@ -187,7 +195,8 @@ def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size:
 
     layout = VOCLayout.of(root)
     voc = layout.voc
-    for d in (voc / "JPEGImages", voc / "SegmentationClassAug", voc / "SegmentationClass", layout.sets):
+    for d in (voc / "JPEGImages", voc / "SegmentationClassAug", voc / "SegmentationClass", voc / "SegmentationObjectAug",
+              layout.sets):
         d.mkdir(parents=True, exist_ok=True)
     palette = voc_palette()
     for split, n in (("trainaug", n_train), ("val", n_val)):
@@ -201,6 +210,14 @@ def write_voc_tree(root: str | Path, n_train: int = 400, n_val: int = 100, size:
             mask.save(layout.mask(image_id))
             if split == "val":
                 mask.save(layout.mask(image_id, "SegmentationClass"))
+            # Instances as VOC numbers them (1, 2, ... per image; 255 kept): one object per class here.
+            instances = torch.zeros_like(label)
+            for number, c in enumerate(sorted(source.classes_in(image_id)), start=1):
+                instances[label == c] = number
+            instances[label == IGNORE] = IGNORE
+            objects = Image.fromarray(instances.to(torch.uint8).numpy(), mode="P")
+            objects.putpalette(palette)
+            objects.save(layout.mask(image_id, "SegmentationObjectAug"))
             for c in source.classes_in(image_id):
                 lists[c].append(image_id)
         layout.split_list(split).write_text("".join(f"{i}\n" for i in source.ids()))

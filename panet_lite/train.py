@@ -10,15 +10,17 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from . import distributed
 from .data import IGNORE, SegmentationSource
 from .encoders import BACKBONES, MIN_IMAGE_SIZE, RECOMPUTE_BACKBONES
 from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .model import METHODS, PANet
 from .options import check_options, none_or, option, parse_bool_or_path, parse_int_tuple
-from .runtime import DEVICE_HELP, autocast, resolve_device
+from .runtime import DEVICE_HELP, autocast
 
 
 @dataclass
@@ -247,6 +249,8 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     finished = _finished_run(Path(out) / "checkpoint.pt", config, model)
     if finished is not None:  # reading a finished run needs no lock (and no write access)
         return finished
+    if not distributed.current().main:  # under torchrun rank 0 holds the lock and writes; the others only read
+        return _train(source, classes, config, Path(out), model, progress)
     out = ensure_folder(out, "run folder (--out)")
     with FolderLock(out, "a `train` writing this run"):
         return _train(source, classes, config, out, model, progress)
@@ -274,7 +278,7 @@ def _finished_run(path: Path, config: TrainConfig, model: PANet | None) -> tuple
         model = model_from_checkpoint(ckpt, path)
     else:
         model.load_state_dict(ckpt["model"])
-    return model.to(resolve_device(config.device)).eval(), ckpt["history"]
+    return model.to(distributed.device(config.device)).eval(), ckpt["history"]
 
 
 def _trim_log(log: Path, step: int) -> None:
@@ -298,7 +302,14 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
            model: PANet | None, progress: bool) -> tuple[PANet, list[dict]]:
     from tqdm.auto import tqdm
 
-    device = resolve_device(config.device)
+    ranks = distributed.current()
+    if config.batch_size % ranks.world:
+        raise ValueError(f"--batch-size {config.batch_size} does not split over {ranks.world} processes: under "
+                         f"torchrun each takes batch-size / processes episodes of every batch; use a multiple of "
+                         f"{ranks.world}")
+    write = ranks.main  # rank 0 alone writes checkpoints and logs
+    progress = progress and write
+    device = distributed.device(config.device)
     ckpt_path = Path(out) / "checkpoint.pt" if out is not None else None
     ckpt = _resumable_checkpoint(ckpt_path, config) if ckpt_path is not None else None
     if ckpt is not None and ckpt["step"] == config.steps:  # finished by a run that held the lock a moment ago
@@ -323,12 +334,18 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     dataset = EpisodeDataset(source, classes, config.steps * config.batch_size, config.ways, config.shots,
                              config.queries, config.seed, config.size, config.flip,
                              config.faithful and getattr(model, "borders_are_background", True))
-    remaining = Subset(dataset, range(state.step * config.batch_size, len(dataset)))
-    loader = DataLoader(remaining, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+    # Batch s is episodes s*B .. s*B + B - 1 of the stream; under torchrun rank r takes its share of each.
+    share = config.batch_size // ranks.world
+    first = state.step * config.batch_size + ranks.rank * share
+    remaining = Subset(dataset, [first + s * config.batch_size + i for s in range(config.steps - state.step)
+                                 for i in range(share)])
+    loader = DataLoader(remaining, batch_size=share, shuffle=False, num_workers=config.workers,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
-    if out is not None:
+    net = model if ranks.world == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    if out is not None and write:
         _trim_log(out / "log.jsonl", state.step)
-    log_file = open(out / "log.jsonl", "a") if out is not None else None
+    log_file = open(out / "log.jsonl", "a") if out is not None and write else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="train", unit="step")
@@ -338,16 +355,19 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast(device, config.amp):
-                out_ = model(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"],
-                             batch["query_labels"])
-                seg = segmentation_loss(out_.logits.float(), batch["query_labels"])
-                loss = seg + config.align_weight * out_.align_loss.float() + out_.aux_loss.float()
+                out_ = net(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"],
+                           batch["query_labels"])
+                if ranks.world == 1:
+                    seg = segmentation_loss(out_.logits.float(), batch["query_labels"])
+                    loss = seg + config.align_weight * out_.align_loss.float() + out_.aux_loss.float()
+                    parts = {"loss": loss, "seg_loss": seg, "align_loss": out_.align_loss, "aux_loss": out_.aux_loss}
+                else:
+                    loss, parts = shared_losses(out_, batch["query_labels"], config.align_weight, ranks.world)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             state.step += 1
-            parts = {"loss": loss, "seg_loss": seg, "align_loss": out_.align_loss, "aux_loss": out_.aux_loss}
             for k in sums:
                 sums[k] += parts[k].detach().item()
             n_sum += 1
@@ -363,10 +383,35 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
                     log_file.write(json.dumps(row) + "\n")
                     log_file.flush()
                 sums, n_sum = dict.fromkeys(sums, 0.0), 0
-            if ckpt_path is not None and (state.step % config.checkpoint_every == 0 or state.step == config.steps):
+            if write and ckpt_path is not None and (state.step % config.checkpoint_every == 0
+                                                    or state.step == config.steps):
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, state, config, classes)
     finally:
         bar.close()
         if log_file:
             log_file.close()
+    distributed.barrier()  # the last checkpoint is on disk before any rank goes on
     return model.eval(), state.history
+
+
+def shared_losses(out_, labels: torch.Tensor, align_weight: float, world: int) -> tuple[torch.Tensor, dict]:
+    """The loss of this rank's share of a batch, scaled so that DDP's average of the ranks' gradients is the
+    gradient of the whole batch's loss, and the whole batch's loss terms (for the log).
+
+    The segmentation loss is a mean over all labelled pixels of the batch: each rank's sum of
+    cross-entropies is divided by the pixel count of all ranks (and multiplied by the world size,
+    which DDP's average divides out again). PAR is a mean over episodes, and every rank has the
+    same number of them, so the ranks' means average to the batch's. SSP's auxiliary losses are
+    means over each rank's pixels, averaged over the ranks: equal to one process's when every
+    share has as many labelled pixels.
+    """
+    logits = out_.logits.float()
+    seg_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(0, 1), ignore_index=IGNORE, reduction="sum")
+    stats = torch.stack([seg_sum.detach(), (labels != IGNORE).sum().to(seg_sum.dtype),
+                         out_.align_loss.detach().float().to(seg_sum.device),
+                         out_.aux_loss.detach().float().to(seg_sum.device)])
+    stats = distributed.sum_over_ranks(stats)
+    pixels = stats[1].clamp_min(1)
+    loss = world * seg_sum / pixels + align_weight * out_.align_loss.float() + out_.aux_loss.float()
+    seg, align, aux = stats[0] / pixels, stats[2] / world, stats[3] / world
+    return loss, {"loss": seg + align_weight * align + aux, "seg_loss": seg, "align_loss": align, "aux_loss": aux}

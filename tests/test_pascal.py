@@ -12,7 +12,8 @@ from PIL import Image
 
 import fakedata as fd
 from panet_lite import pascal
-from panet_lite.pascal import DataError, PascalVOC, box_masks, check_pascal_counts, prepare_pascal
+from panet_lite.pascal import DataError, PascalVOC, check_pascal_counts, prepare_pascal
+from panet_lite.supports import box_masks
 
 VOC_SETS = Path("VOCdevkit", "VOC2012", "ImageSets", "Segmentation")
 FAKE_COUNTS = fd.reference_counts()  # what a correct preparation of the small scenario holds

@@ -58,3 +58,25 @@ def test_every_module_of_the_package_is_in_the_readme_layout():
     package = Path(__file__).resolve().parents[1] / "panet_lite"
     modules = sorted(p.name for p in package.glob("*.py") if not p.name.startswith("__"))
     assert [m for m in modules if m not in layout] == []
+
+
+def test_every_command_in_the_readme_parses():
+    """Each `python -m panet_lite ...` and `torchrun ... -m panet_lite ...` line of the README's code blocks
+    (continuation lines joined, comments dropped) is accepted by the command line's parser as written."""
+    import shlex
+
+    from panet_lite.cli import build_parser
+
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [line.split("#")[0] for line in lines if re.search(r"-m panet_lite \w", line)]
+    assert len(commands) >= 10
+    for command in commands:
+        tokens = shlex.split(command)
+        args = tokens[tokens.index("panet_lite") + 1:]
+        try:
+            build_parser().parse_args(args)
+        except SystemExit as exit:
+            if exit.code == 0:  # --help
+                continue
+            raise AssertionError(f"the README's command does not parse: {command.strip()}") from None
