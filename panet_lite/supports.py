@@ -65,25 +65,45 @@ def box_masks(label: torch.Tensor, instances: torch.Tensor, class_id: int) -> tu
 
 # ----------------------------------------------------------------------------- our scribbles
 
+def _thinning_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Zhang-Suen's deletion rule of each of its two sub-steps, for all 256 neighbourhoods.
+
+    A neighbourhood is coded as sum(p_i << (i - 2)) over p2..p9, the 8 neighbours clockwise from
+    north. A pixel goes when it has 2..6 neighbours, exactly one 0 -> 1 transition around it, and
+    (step 1) not all of N, E, S nor all of E, S, W; (step 2) not all of N, E, W nor all of N, S, W.
+    """
+    tables = np.zeros((2, 256), dtype=bool)
+    for code in range(256):
+        p = [(code >> i) & 1 for i in range(8)]  # p2..p9
+        transitions = sum(1 for i in range(8) if not p[i] and p[(i + 1) % 8])
+        n, e, s, w = p[0], p[2], p[4], p[6]
+        if 2 <= sum(p) <= 6 and transitions == 1:
+            tables[0, code] = not (n and e and s) and not (e and s and w)
+            tables[1, code] = not (n and e and w) and not (n and s and w)
+    return tables[0], tables[1]
+
+
+_THINNING = _thinning_tables()
+
+
 def thin(mask: np.ndarray) -> np.ndarray:
     """Zhang-Suen thinning of a bool mask `(H, W)` to a one-pixel-wide, 8-connected skeleton."""
-    img = np.pad(mask.astype(bool), 1)
+    img = np.pad(mask.astype(np.uint8), 1)
+    H, W = mask.shape
+    # p2..p9 as offsets into the padded image, clockwise from north.
+    offsets = ((0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0), (0, 0))
     while True:
         changed = False
-        for step in (0, 1):
-            # p2..p9: the 8 neighbours clockwise from north, each as an (H, W) view of the padded image.
-            p = [img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],
-                 img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]]
-            count = sum(x.astype(np.uint8) for x in p)
-            transitions = sum((~p[i] & p[(i + 1) % 8]).astype(np.uint8) for i in range(8))
-            n, e, s, w = p[0], p[2], p[4], p[6]
-            keep = (n & e & s) | (e & s & w) if step == 0 else (n & e & w) | (n & s & w)
-            delete = img[1:-1, 1:-1] & (count >= 2) & (count <= 6) & (transitions == 1) & ~keep
+        for table in _THINNING:
+            code = np.zeros((H, W), dtype=np.uint8)
+            for bit, (dy, dx) in enumerate(offsets):
+                code |= img[dy:dy + H, dx:dx + W] << bit
+            delete = table[code] & (img[1:-1, 1:-1] == 1)
             if delete.any():
-                img[1:-1, 1:-1][delete] = False
+                img[1:-1, 1:-1][delete] = 0
                 changed = True
         if not changed:
-            return img[1:-1, 1:-1].copy()
+            return img[1:-1, 1:-1].astype(bool)
 
 
 def _walk(skeleton: np.ndarray, rng: np.random.Generator, length: int) -> list[tuple[int, int]]:
@@ -140,11 +160,12 @@ def scribble(region: np.ndarray, rng: np.random.Generator, radius: int, length: 
 
 def _draw(path: np.ndarray, region: np.ndarray, radius: int) -> np.ndarray:
     """The polyline through `path` (P, 2) drawn with a round brush, clipped to the region."""
+    step = int(np.abs(np.diff(path, axis=0)).max()) if len(path) > 1 else 1  # 1 at full scale, else the scale
+    along = np.arange(max(step, 1)) / max(step, 1)  # points between neighbours, every pixel
+    points = path[:-1, None, :] + np.diff(path, axis=0)[:, None, :] * along[None, :, None]
+    points = np.concatenate([points.reshape(-1, 2), path[-1:]]).round().astype(int)
     line = np.zeros_like(region, dtype=bool)
-    line[path[0, 0], path[0, 1]] = True
-    for (y0, x0), (y1, x1) in zip(path[:-1], path[1:]):
-        n = max(abs(int(y1) - int(y0)), abs(int(x1) - int(x0))) + 1
-        line[np.linspace(y0, y1, n).round().astype(int), np.linspace(x0, x1, n).round().astype(int)] = True
+    line[points[:, 0], points[:, 1]] = True
     return ndimage.binary_dilation(line, _disk(radius)) & region
 
 

@@ -159,6 +159,39 @@ def support_panel(ax, image: torch.Tensor, fg: torch.Tensor, way: int, n_ways: i
         ax.contour(fg.numpy(), levels=[0.5], colors=[WAY_COLORS[way]], linewidths=1.2)
 
 
+def support_annotation(ax, image: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, way: int = 0,
+                       title: str | None = None) -> None:
+    """What a support's annotation says: foreground tinted in the way's colour, background left as it
+    is, pixels that are neither (unlabelled) faded to white."""
+    ax.imshow(to_image(image))
+    fg, bg = fg.detach().cpu().numpy() > 0, bg.detach().cpu().numpy() > 0
+    tint = np.zeros(fg.shape + (4,))
+    tint[fg] = (*to_rgb(WAY_COLORS[way]), 0.6)
+    tint[~fg & ~bg] = (1.0, 1.0, 1.0, 0.65)
+    ax.imshow(tint, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def plot_support_kinds(items: dict[str, Sequence[dict]], size: float = 1.9):
+    """One row per episode, one column per support kind: its first support as `support_annotation`
+    draws it. `items` maps a kind ("dense", "bbox", "scribble") to the same episodes' items."""
+    kinds = list(items)
+    rows = len(items[kinds[0]])
+    fig, axes = plt.subplots(rows, len(kinds), figsize=(size * len(kinds), size * rows), squeeze=False)
+    for r in range(rows):
+        for c, kind in enumerate(kinds):
+            item = items[kind][r]
+            fg, bg = item["support_fg"][0, 0], item["support_bg"][0, 0]
+            share = f"fg {100 * fg.mean():.1f}%, bg {100 * bg.mean():.1f}%"
+            support_annotation(axes[r, c], item["support_images"][0, 0], fg, bg,
+                               title=f"{kind}\n{share}" if r == 0 else share)
+    fig.tight_layout()
+    return fig
+
+
 def plot_episode(state: dict, size: float = 1.7):
     """Supports with their masks (one row per way), then each query: its image, its labels as
     stored and its episode-local ground truth. Returns the figure."""

@@ -111,6 +111,8 @@ CASES = {
                                     ("argument --shot-list", "each at least 1, got '0'")),
     # Sizes the encoder cannot use (a 1 x 1 feature map trains to a constant loss of ln 2).
     "train --size 7": Case(lambda w, t: train_argv(t / "r", "--size", "7"), 2, ("--size must be at least 9, got 7",)),
+    "test --support boxes": Case(lambda w, t: eval_argv(ck(w, t), "--support", "boxes"), 2,
+                                 ("argument --support", "invalid choice: 'boxes'", "dense", "bbox", "scribble")),
     "test --size 7": Case(lambda w, t: eval_argv(ck(w, t), "--size", "7"), 2, ("--size must be at least 9",)),
     "demo --size 16": Case(lambda w, t: ["demo", "--size", "16"], 2, ("--size must be at least 32, got 16",)),
     "--synthetic-size 16": Case(lambda w, t: train_argv(t / "r", "--synthetic-size", "16"), 2,

@@ -61,15 +61,16 @@ def test_every_module_of_the_package_is_in_the_readme_layout():
 
 
 def test_every_command_in_the_readme_parses():
-    """Each `python -m panet_lite ...` and `torchrun ... -m panet_lite ...` line of the README's code blocks
+    """Each `python -m panet_lite ...` and `torchrun ... -m panet_lite ...` line of the README's and the chapters' code blocks
     (continuation lines joined, comments dropped) is accepted by the command line's parser as written."""
     import shlex
 
     from panet_lite.cli import build_parser
 
-    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    chapters = "".join(notebook_text(path) for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    blocks = re.findall(r"```bash\n(.*?)```", README + chapters, flags=re.S)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    commands = [line.split("#")[0] for line in lines if re.search(r"-m panet_lite \w", line)]
+    commands = [line.split("#")[0] for line in lines if re.search(r"-m panet_lite \w", line.split("#")[0])]
     assert len(commands) >= 10
     for command in commands:
         tokens = shlex.split(command)
