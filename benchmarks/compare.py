@@ -34,6 +34,7 @@ from reference import LoopPANet, SetIoU  # noqa: E402
 
 from panet_lite.data import IGNORE, train_classes  # noqa: E402
 from panet_lite.episodes import EpisodeDataset  # noqa: E402
+from panet_lite.evaluate import class_argmax  # noqa: E402
 from panet_lite.metrics import IoUMeter  # noqa: E402
 from panet_lite.model import PANet  # noqa: E402
 from panet_lite.synthetic import SyntheticFewShot  # noqa: E402
@@ -93,7 +94,7 @@ def train_step(name: str, model, optimizer, b: dict) -> float:
 def test_forward(name: str, model, b: dict) -> torch.Tensor:
     model.eval()
     logits, _ = forward(name, model, b)
-    return logits.argmax(dim=2)
+    return class_argmax(logits, dim=2) if name.startswith("panet_lite") else logits.argmax(dim=2)
 
 
 def sync(device: torch.device) -> None:

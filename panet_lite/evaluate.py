@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Hashable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,14 @@ class EvalResult:
     class_iou: dict[int, float]  # per test class, mean over runs
     runs: list[dict] = field(default_factory=list)  # per run: miou, fb_iou, class_iou
 
+    @classmethod
+    def of_runs(cls, runs: list[dict], classes: Sequence[int]) -> "EvalResult":
+        """Means and stds over `runs` (each: miou, fb_iou, class_iou of `classes`)."""
+        miou, miou_std = mean_std([r["miou"] for r in runs])
+        fb, fb_std = mean_std([r["fb_iou"] for r in runs])
+        class_iou = {c: sum(r["class_iou"][c] for r in runs) / len(runs) for c in classes}
+        return cls(miou, miou_std, fb, fb_std, class_iou, runs)
+
     def as_dict(self) -> dict:
         return {"miou": self.miou, "miou_std": self.miou_std, "fb_iou": self.fb_iou, "fb_iou_std": self.fb_iou_std,
                 "class_iou": {str(k): v for k, v in self.class_iou.items()}, "runs": self.runs}
@@ -93,7 +101,13 @@ def predict(model: PANet, batch: dict, device: torch.device, amp: bool = False,
         B, Q = logits.shape[:2]
         logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
         logits = logits.unflatten(0, (B, Q))
-    return logits.argmax(dim=2)
+    return class_argmax(logits, dim=2)
+
+
+def class_argmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """`logits.argmax(dim)` (the first maximum on ties), reduced over a contiguous last axis instead:
+    PyTorch's CPU argmax over a middle axis of (B, Q, 1 + N, H, W) is 8-25x slower than the copy."""
+    return logits.movedim(dim, -1).contiguous().argmax(dim=-1)
 
 
 def _hsnet_draw(source: SegmentationSource, classes: Sequence[int], config: EvalConfig) -> list[Episode]:
@@ -126,9 +140,14 @@ def check_support(source: SegmentationSource, support: str) -> None:
         raise DataError(f"--support bbox: {problem}")
 
 
-def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], config: EvalConfig,
-             progress: bool = True, episodes: Sequence[Episode] | None = None) -> EvalResult:
+def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource, classes: Sequence[int],
+             config: EvalConfig, progress: bool = True,
+             episodes: Sequence[Episode] | None = None) -> EvalResult | dict[Hashable, EvalResult]:
     """Test `model` on episodes of `classes` (global ids, ascending) from `source`.
+
+    `model` may be a mapping of models (e.g. one per training seed): each batch of episodes is then
+    drawn once and tested by all of them, and the results come back under the same keys, each the
+    result its model gets alone.
 
     `episodes` replaces the protocol's draw with fixed episodes, tested in one run under the
     protocol's images, sizes and meter: e.g. an HSNet-style list of another dataset through
@@ -152,15 +171,24 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
     fixed = list(episodes) if episodes is not None else _hsnet_draw(source, classes, config) if hsnet else None
     if config.save_episodes:  # before the work: a path that cannot be written fails now, not after the last episode
         ensure_writable_file(config.save_episodes, "--save-episodes")
+    several = isinstance(model, Mapping)
+    models = dict(model) if several else {None: model}
+    if not models:
+        raise ValueError("no models to test: the mapping is empty")
+    # PANet's supports count their 255 borders as background under its own test; MLC's and SSP's never do.
+    borders = {getattr(m, "borders_are_background", True) for m in models.values()}
+    if len(borders) != 1:
+        raise ValueError("models tested together must draw the same supports: test PANet apart from MLC and SSP "
+                         "(their supports never count 255 borders as background)")
+    borders = borders.pop()
     ranks = distributed.current()  # under torchrun: rank r tests episodes r, r + W, r + 2W, ... of each run
     device = distributed.device(config.device)
     progress = progress and ranks.main
-    model = model.to(device).eval()
+    models = {key: m.to(device).eval() for key, m in models.items()}
     if config.compile:
-        model.encoder.compile()  # nn.Module.compile: the weights keep their names; compiled on the first batch
-    # PANet's supports count their 255 borders as background under its own test; MLC's and SSP's never do.
-    borders = getattr(model, "borders_are_background", True)
-    runs, drawn = [], []
+        for m in models.values():
+            m.encoder.compile()  # nn.Module.compile: the weights keep their names; compiled on the first batch
+    runs, drawn = {key: [] for key in models}, []
     for run in range(config.runs):
         dataset = EpisodeDataset(source, classes, config.episodes, config.ways, config.shots, config.queries,
                                  seed=config.seed + run, size=config.size, flip=False,
@@ -169,23 +197,23 @@ def evaluate(model: PANet, source: SegmentationSource, classes: Sequence[int], c
         drawn.append([ep.__dict__ for ep in dataset.episodes])
         # The corrected meter (false positives of absent classes counted) is, on 1-way episodes,
         # HSNet's too: per class, fg and bg intersection and union summed over episodes, 255 left out.
-        meter = IoUMeter(source.num_classes, count_absent_fp=config.protocol != "faithful")
+        meters = {key: IoUMeter(source.num_classes, count_absent_fp=config.protocol != "faithful") for key in models}
         mine = dataset if ranks.world == 1 else Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
         loader = DataLoader(mine, batch_size=config.batch_size, num_workers=config.workers)
         for batch in tqdm(loader, disable=not progress, desc=f"test run {run + 1}/{config.runs}", leave=False):
             target = batch["query_labels_full"] if full_size else batch["query_labels"]
-            pred = predict(model, batch, device, config.amp, size=target.shape[-2:])
-            for b in range(pred.shape[0]):
-                meter.update(pred[b].cpu(), target[b], batch["class_ids"][b])
-        iou = meter.sum_over_ranks().class_iou()
-        runs.append({"seed": config.seed + run, "miou": meter.mean_iou(classes), "fb_iou": meter.fb_iou(),
-                     "class_iou": {c: iou[c].item() for c in classes}})
+            for key, m in models.items():
+                pred = predict(m, batch, device, config.amp, size=target.shape[-2:])
+                for b in range(pred.shape[0]):
+                    meters[key].update(pred[b].cpu(), target[b], batch["class_ids"][b])
+        for key, meter in meters.items():
+            iou = meter.sum_over_ranks().class_iou()
+            runs[key].append({"seed": config.seed + run, "miou": meter.mean_iou(classes), "fb_iou": meter.fb_iou(),
+                              "class_iou": {c: iou[c].item() for c in classes}})
     if config.save_episodes and ranks.main:
         path = Path(config.save_episodes)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"classes": list(classes), "ways": config.ways, "shots": config.shots,
                                     "runs": drawn}, indent=1))
-    miou, miou_std = mean_std([r["miou"] for r in runs])
-    fb, fb_std = mean_std([r["fb_iou"] for r in runs])
-    class_iou = {c: sum(r["class_iou"][c] for r in runs) / len(runs) for c in classes}
-    return EvalResult(miou, miou_std, fb, fb_std, class_iou, runs)
+    results = {key: EvalResult.of_runs(model_runs, classes) for key, model_runs in runs.items()}
+    return results if several else results[None]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .data import normalize
 from .episodes import resize_pair
+from .evaluate import class_argmax
 from .model import PANet
 
 
@@ -81,5 +82,6 @@ def segment(model: PANet, support_images: Sequence[Sequence], support_masks: Seq
     q_imgs = normalize(torch.stack(queries))[None].to(device)  # (1, Q, 3, h, w)
     model.eval()
     logits = model(s_imgs, s_fg, 1 - s_fg, q_imgs).logits[0].float()  # (Q, 1 + N, h, w)
-    return [F.interpolate(logits[q:q + 1], size=original, mode="bilinear", align_corners=False)[0].argmax(0).cpu()
+    full = [F.interpolate(logits[q:q + 1], size=original, mode="bilinear", align_corners=False)[0]
             for q, original in enumerate(originals)]
+    return [class_argmax(scores, dim=0).cpu() for scores in full]

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from .alignment import alignment_loss, alignment_terms
 from .data import IGNORE, SegmentationSource, fold_classes, train_classes
 from .episodes import EpisodeDataset, resize_pair
-from .evaluate import predict
+from .evaluate import class_argmax, predict
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .metrics import IoUMeter
 from .model import PANet
@@ -136,7 +136,7 @@ def similarity_maps(model: PANet, item: dict, alpha: float = ALPHA, shots: int |
     cosine = prototype_scores(query_feats[None], prototypes[None], alpha=1.0)[0]  # (Q, 1 + N, h, w)
     scores = alpha * cosine
     logits = upsample_scores(scores, tuple(item["query_labels"].shape[-2:]))
-    pred = logits.argmax(dim=1)
+    pred = class_argmax(logits, dim=1)
     N = prototypes.shape[0] - 1
     iou = episode_iou(pred, item["query_labels"], N)
     return {

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from panet_lite.data import fold_classes, train_classes
-from panet_lite.evaluate import EvalConfig, evaluate
+from panet_lite.evaluate import EvalConfig, class_argmax, evaluate
 from panet_lite.paper import PAPER_RESULTS, PAR_ABLATION, markdown_table, paper_result
 from panet_lite.synthetic import SyntheticFewShot
 from panet_lite.train import TrainConfig, load_model, train
@@ -109,6 +109,27 @@ def test_evaluation_runs_seeds_and_batching_do_not_change_the_result(source):
     assert set(one.class_iou) == set(fold_classes(1))
 
 
+def test_models_tested_together_get_what_each_gets_alone(source):
+    from panet_lite import PANet
+
+    models = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models[seed] = PANet("small").eval()
+    cfg = EvalConfig(runs=2, episodes=5, size=None, batch_size=2, support="scribble")
+    together = evaluate(models, source, fold_classes(2), cfg, progress=False)
+    assert set(together) == {0, 1}
+    for seed, model in models.items():
+        alone = evaluate(model, source, fold_classes(2), cfg, progress=False)
+        assert json.dumps(together[seed].runs) == json.dumps(alone.runs)  # every run's numbers (NaN: unseen)
+    assert json.dumps(together[0].runs) != json.dumps(together[1].runs)  # two models, two results
+    with pytest.raises(ValueError, match="test PANet apart from MLC and SSP"):
+        evaluate({"panet": models[0], "mlc": models[0].as_method("mlc")}, source, fold_classes(2), cfg,
+                 progress=False)
+    with pytest.raises(ValueError, match="the mapping is empty"):
+        evaluate({}, source, fold_classes(2), cfg, progress=False)
+
+
 def test_a_compiled_encoder_tests_to_the_same_result(source):
     from panet_lite import PANet
 
@@ -137,3 +158,15 @@ def test_paper_table_is_the_published_one():
         paper_result("pascal5i", 3, 1)
     for shots, (without, with_par) in PAR_ABLATION.items():  # the ablation's PAR row is PANet's own
         assert with_par == paper_result("pascal5i", 1, shots).mean and without < with_par
+
+
+@pytest.mark.parametrize("shape, dim", [((3, 2, 4, 7, 5), 2), ((4, 9, 6), 0), ((2, 3, 5, 5), 1)])
+def test_class_argmax_is_argmax_with_the_first_maximum_on_ties(shape, dim):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, shape, generator=generator).float()  # few values: ties everywhere
+    labels = class_argmax(logits, dim)
+    assert torch.equal(labels, logits.argmax(dim=dim))
+    # by hand: the first index along `dim` that reaches the maximum
+    is_max = (logits == logits.amax(dim=dim, keepdim=True)).movedim(dim, -1).reshape(-1, shape[dim])
+    expected = torch.stack([row.nonzero()[0, 0] for row in is_max]).reshape(labels.shape)
+    assert torch.equal(labels, expected)
