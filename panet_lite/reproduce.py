@@ -117,6 +117,7 @@ def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_
     one of those GPUs, a GPU taking the next job when it is done; the table is the same as one
     after the other gives (each job is the same computation, on another device).
     """
+    _check_ways(dataset, folds, train_cfg.ways)  # before any training: a 6-way test of 5 classes fails now
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = [(f, k) for k in shots for f in folds]
@@ -129,6 +130,16 @@ def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_
     (out / "table.json").write_text(json.dumps(table, indent=1))
     (out / "table.md").write_text(markdown(table))
     return table
+
+
+def _check_ways(dataset: str, folds: Sequence[int], ways: int) -> None:
+    """Refuse, in one line, more ways than a fold has test (or training) classes."""
+    bench = benchmark(dataset)
+    for fold in folds:
+        have = min(len(bench.test_classes(fold)), len(bench.train_classes(fold)))
+        if ways > have:
+            raise ValueError(f"--ways {ways}: fold {fold} of {dataset} has {len(bench.test_classes(fold))} test "
+                             f"classes, so its {ways}-way episodes cannot be drawn; use --ways {have} or fewer")
 
 
 def check_gpus(gpus: Sequence[int]) -> None:

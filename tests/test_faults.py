@@ -123,6 +123,8 @@ CASES = {
     # More ways or shots than the data holds.
     "test --ways 6": Case(lambda w, t: eval_argv(ck(w, t), "--ways", "6"), 2,
                           ("6-way episodes need at least 6 classes, got 5", "use --ways 5 or fewer")),
+    "reproduce --ways 6": Case(lambda w, t: ["reproduce", *SYNTHETIC, "--ways", "6", "--out", str(t / "r")], 2,
+                               ("--ways 6: fold 0 of synthetic has 5 test classes", "use --ways 5 or fewer")),
     "test --shots 999": Case(lambda w, t: eval_argv(ck(w, t), "--shots", "999"), 2,
                              ("images in this split", "999-shot episodes", "use fewer --shots")),
     # A checkpoint of another fold: its mIoU would be on classes it was trained on.
