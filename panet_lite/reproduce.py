@@ -133,13 +133,13 @@ def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_
 
 
 def _check_ways(dataset: str, folds: Sequence[int], ways: int) -> None:
-    """Refuse, in one line, more ways than a fold has test (or training) classes."""
+    """Refuse, in one line, more ways than a fold has test classes (its training classes are more)."""
     bench = benchmark(dataset)
     for fold in folds:
-        have = min(len(bench.test_classes(fold)), len(bench.train_classes(fold)))
+        have = len(bench.test_classes(fold))
         if ways > have:
-            raise ValueError(f"--ways {ways}: fold {fold} of {dataset} has {len(bench.test_classes(fold))} test "
-                             f"classes, so its {ways}-way episodes cannot be drawn; use --ways {have} or fewer")
+            raise ValueError(f"--ways {ways}: fold {fold} of {dataset} has {have} test classes, so its {ways}-way "
+                             f"episodes cannot be drawn; use --ways {have} or fewer")
 
 
 def check_gpus(gpus: Sequence[int]) -> None:
