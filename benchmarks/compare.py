@@ -94,6 +94,7 @@ def train_step(name: str, model, optimizer, b: dict) -> float:
 def test_forward(name: str, model, b: dict) -> torch.Tensor:
     model.eval()
     logits, _ = forward(name, model, b)
+    # Ours takes its labels as `panet_lite.evaluate.predict` does; the reference as the authors' code does.
     return class_argmax(logits, dim=2) if name.startswith("panet_lite") else logits.argmax(dim=2)
 
 
