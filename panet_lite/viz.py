@@ -97,11 +97,16 @@ def outcome(ax, image: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, t
     ax.imshow(rgba, interpolation="nearest")
 
 
-def outcome_handles():
-    """Legend patches for `outcome`."""
+OUTCOME_MEANINGS = {"true positive": "the right way", "false positive": "a way on background or another way",
+                    "false negative": "an object predicted background"}
+
+
+def outcome_handles(detailed: bool = False):
+    """Legend patches for `outcome`; `detailed` adds what each colour means (background includes the
+    objects of classes outside the episode, which the episode's labels count as 0)."""
     from matplotlib.patches import Patch
 
-    return [Patch(color=c, label=n) for n, c in OUTCOME_COLORS.items()]
+    return [Patch(color=c, label=f"{n}: {OUTCOME_MEANINGS[n]}" if detailed else n) for n, c in OUTCOME_COLORS.items()]
 
 
 def mask_label(fg: torch.Tensor, way: int) -> torch.Tensor:
@@ -252,7 +257,7 @@ def plot_history(history: Sequence[dict], ax=None, keys: Sequence[str] = ("seg_l
     steps = [h["step"] for h in history]
     for key in keys:
         ax.plot(steps, [h[key] for h in history], label=f"{label}{key.replace('_', ' ')}")
-    ax.set_xlabel("training step (episodes)")
+    ax.set_xlabel("training step (one batch of episodes each)")
     ax.set_ylabel("loss")
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)

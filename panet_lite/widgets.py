@@ -9,7 +9,10 @@ only wire controls to them: changing a control calls `compute()`, which stores t
 picture as a static figure, e.g. for a notebook read on GitHub, where widgets do not render.
 
 The episodes come from `EpisodeDataset`, i.e. from PANet's sampler: episode `index` of the
-stream `seed` is the one the sampler draws after episodes 0..index-1.
+stream `seed` is the one the sampler draws after episodes 0..index-1. Which images it holds
+depends on the ways and shots it is drawn with, so a view draws with `max_shots` shots (the shots
+slider uses the first k) and its title names the draw: "1-way 5-shot episode 0, seed 1234" is
+episode 0 of `evaluate`'s first run with 1 way, 5 shots and test seed 1234, not its 1-shot episode 0.
 """
 from __future__ import annotations
 
@@ -61,6 +64,19 @@ def load_episode(source: SegmentationSource, classes: Sequence[int], ways: int =
     """
     dataset = EpisodeDataset(source, classes, index + 1, ways, shots, queries, seed=seed, size=size)
     return dataset.episodes[index], dataset[index]
+
+
+def episode_title(seed: int, index: int, ways: int, drawn_shots: int, shots: int | None = None,
+                  queries: int = 1) -> str:
+    """The name of episode `index` of the sampler's stream `seed` drawn with `ways` ways and `drawn_shots`
+    shots: the episode that `evaluate`'s first run draws at that index with that test seed, ways,
+    shots and queries. When a view uses only the first `shots` of them, the title says so."""
+    title = f"{ways}-way {drawn_shots}-shot episode {index}, seed {seed}"
+    if queries != 1:
+        title += f", {queries} queries"
+    if shots is not None and shots < drawn_shots:
+        title += f" (first {shots} of its {drawn_shots} shots used)"
+    return title
 
 
 def episode_state(source: SegmentationSource, fold: int = 0, split: str = "test", ways: int = 1, shots: int = 1,
@@ -416,6 +432,11 @@ class _EncodedEpisodeView(_View):
             self._encoded[id(model)] = encode_episode(model, self._drawn[2])
         return self._drawn[1], self._drawn[2], self._encoded[id(model)]
 
+    def title(self) -> str:
+        """`episode_title` of the episode shown: the draw it comes from and the shots used."""
+        return episode_title(self.seed.value, self.index.value, self.ways.value, self.max_shots, self.shots.value,
+                             self.queries)
+
 
 class SimilarityMapWidget(_EncodedEpisodeView):
     """PANet's matching, live: pick an episode (seed, index), the number of ways, the number of
@@ -448,8 +469,7 @@ class SimilarityMapWidget(_EncodedEpisodeView):
         # The IoU of this one episode (episode_iou), as in the prediction panel; with several ways, their mean.
         n_ways = len(self.state["class_ids"])
         what = "IoU" if n_ways == 1 else f"mean IoU of the {n_ways} ways"
-        fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}: {what} {self.state['miou']:.2f}",
-                     fontsize=10, y=1.0, va="bottom")
+        fig.suptitle(f"{self.title()}: {what} {self.state['miou']:.2f}", fontsize=10, y=1.0, va="bottom")
         return fig
 
 
@@ -542,6 +562,10 @@ def plot_pixel_cosine(maps: dict, item: dict, pixel: dict, class_names: Sequence
     axes[2].set_title("cosine: the largest wins", fontsize=9)
     _bars(axes[3], pixel["probs"].tolist(), colors, names, pixel["pred"], "probability", ".2f", lim=(0, 1.15))
     axes[3].set_title(f"softmax of alpha x cosine, alpha = {maps['alpha']:.3g}", fontsize=9)
+    # An object of a class outside the episode is background (0) in the episode's labels: a way predicted
+    # on it is a false positive, as on any background pixel.
+    fig.legend(handles=outcome_handles(detailed=True), loc="outside lower center", ncols=3, fontsize=8,
+               frameon=False)
     return fig
 
 
@@ -570,7 +594,9 @@ class PixelCosineWidget(_EncodedEpisodeView):
 
     def figure(self):
         names = [self.source.class_names[c - 1] for c in self.state["class_ids"]]
-        return plot_pixel_cosine(self.state["maps"], self.item, self.state, names)
+        fig = plot_pixel_cosine(self.state["maps"], self.item, self.state, names)
+        fig.suptitle(self.title(), fontsize=10)
+        return fig
 
 
 # ----------------------------------------------------------------------------- PAR, step by step
@@ -767,7 +793,7 @@ class ModelSwapWidget(_EncodedEpisodeView):
     def figure(self):
         names = [self.source.class_names[c - 1] for c in self.state["class_ids"]]
         fig = plot_model_swap(self.state, self.item, names)
-        fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}", fontsize=10)
+        fig.suptitle(self.title(), fontsize=10)
         return fig
 
 
@@ -891,7 +917,7 @@ class SSPStepsWidget(_EncodedEpisodeView):
 
     def figure(self):
         fig = plot_ssp_steps(self.state, self.item, self.source.class_names[self.state["class_ids"][0] - 1])
-        fig.suptitle(f"seed {self.seed.value}, episode {self.index.value}, {self.shots.value}-shot", fontsize=10)
+        fig.suptitle(self.title(), fontsize=10)
         return fig
 
 

@@ -276,6 +276,26 @@ def test_model_swap_shows_each_models_prediction(model, source):
         ModelSwapWidget({"a": model}, source, model="c")
 
 
+def test_titles_name_the_episode_each_view_shows(model, source):
+    """A title names the draw its episode comes from: episode i of the N-way K-shot stream of a seed is the
+    episode `evaluate` draws at i with that test seed, N ways and K shots (the stream does not depend on
+    how many episodes are drawn). A view that draws 5 shots and uses 1 says so."""
+    views = [SimilarityMapWidget(model, source, ways=2, shots=1, seed=7, index=3),
+             PixelCosineWidget(model, source, ways=2, shots=1, seed=7, index=3),
+             ModelSwapWidget({"m": model}, source, ways=2, shots=1, seed=7, index=3, max_shots=1),
+             SSPStepsWidget(model, source, shots=2, seed=7, index=3, max_shots=2)]
+    for view in views:
+        N, K = view.ways.value, view.max_shots
+        title = view.figure()._suptitle.get_text()
+        assert title.startswith(f"{N}-way {K}-shot episode 3, seed 7"), title
+        assert ("(first 1 of its 5 shots used)" in title) == (K == 5)
+        drawn = EpisodeDataset(source, fold_classes(0), 10, N, K, 1, seed=7)
+        assert view.episode()[0] == drawn.episodes[3]
+        assert torch.equal(view.item["query_images"], drawn[3]["query_images"])
+    # 5 shots drawn, 1 used: not the 1-shot stream's episode.
+    assert views[0].episode()[0].query != EpisodeDataset(source, fold_classes(0), 4, 2, 1, 1, seed=7).episodes[3].query
+
+
 def _ssp_by_hand(item, shots, feats_s, feats_q):
     """SSP's first and second matchings of a 1-way episode, written out pixel by pixel (small grids)."""
     def pool(f, m):  # mask brought down to the features, bilinear with aligned corners
