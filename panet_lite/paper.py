@@ -1,8 +1,16 @@
-"""The published numbers (mIoU and FB-IoU in %): PANet's (VGG-16 unless noted) and, for comparison, those
-of later methods with the test each was measured under. The one source of truth for every table."""
+"""The published numbers (mIoU and FB-IoU in %): PANet's (VGG-16), one figure filed under PANet that is not
+in its paper, and, for comparison, those of later methods with the test each was measured under. The one
+source of truth for every table. Every number says where it was read; what we could not check says so."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+PAPER_URL = "https://arxiv.org/abs/1908.06391"
+
+
+def authors_issue(number: int) -> str:
+    """A thread of the authors' repository in which they answered (kaixin96/PANet)."""
+    return f"https://github.com/kaixin96/PANet/issues/{number}"
 
 
 @dataclass(frozen=True)
@@ -14,33 +22,70 @@ class PaperResult:
     folds: tuple[float, ...] | None  # per-fold mIoU, where the paper gives them
     mean: float
     fb_iou: float | None
+    source: str  # where each number of the row was read, and how directly
+    in_paper: bool = True  # False: a number filed under PANet elsewhere, not one of PANet's paper
 
+
+# Where the rows were read. We could read the paper's abstract (the two PASCAL-5i means) but not its tables;
+# the other numbers were checked against the places named, which quote the paper.
+_PASCAL = ("means: the paper's abstract (https://arxiv.org/abs/1908.06391); folds: the paper's per-fold table as "
+           "quoted in the 'PANet' row of github.com/rezazad68/fewshot-segmentation's README (not read in the paper "
+           "itself); FB-IoU: Papers with Code's PANet page, 'PANet (VGG-16)' "
+           "(https://paperswithcode.com/paper/panet-few-shot-image-semantic-segmentation)")
+_COCO = ("Papers with Code's PANet page, 'PANet (VGG-16)' "
+         "(https://paperswithcode.com/paper/panet-few-shot-image-semantic-segmentation); not read in the paper itself")
+_COCO_2WAY = ("not PANet's paper, whose backbone is VGG-16 and whose COCO-20i results are 1-way: Papers with "
+              "Code's 'COCO-20i (2-way 1-shot)' leaderboard files 18.0 under 'PANet (ResNet-50)' (archived at "
+              "https://paperswithcode2.com/paper/113165). Most likely a later paper's ResNet-50 re-implementation of "
+              "PANet, such as the 'PANet*' baseline of PPNet (https://arxiv.org/abs/2007.06309, ECCV 2020), which "
+              "reports 2-way COCO-20i results; we could not read the table it comes from")
 
 PAPER_RESULTS = (
-    PaperResult("pascal5i", 1, 1, "vgg16", (42.3, 58.0, 51.1, 41.2), 48.1, 66.5),
-    PaperResult("pascal5i", 1, 5, "vgg16", (51.8, 64.6, 59.8, 46.5), 55.7, 70.7),
-    PaperResult("coco20i", 1, 1, "vgg16", None, 20.9, 59.2),
-    PaperResult("coco20i", 1, 5, "vgg16", None, 29.7, 63.5),
-    PaperResult("coco20i", 2, 1, "resnet50", None, 18.0, None),
+    PaperResult("pascal5i", 1, 1, "vgg16", (42.3, 58.0, 51.1, 41.2), 48.1, 66.5, _PASCAL),
+    PaperResult("pascal5i", 1, 5, "vgg16", (51.8, 64.6, 59.8, 46.5), 55.7, 70.7, _PASCAL),
+    PaperResult("coco20i", 1, 1, "vgg16", None, 20.9, 59.2, _COCO),
+    PaperResult("coco20i", 1, 5, "vgg16", None, 29.7, 63.5, _COCO),
+    PaperResult("coco20i", 2, 1, "resnet50", None, 18.0, None, _COCO_2WAY, in_paper=False),
 )
 
 # The paper's ablation of PAR: PASCAL-5i 1-way mean mIoU over the 4 folds, VGG-16, each model trained
 # with or without the alignment loss and tested with PANet's protocol; shots -> (without PAR, with PAR).
-# "With PAR" is PANet itself, the means of PAPER_RESULTS.
+# "With PAR" is PANet itself, the means of PAPER_RESULTS (the abstract). NOT CHECKED: the "without PAR"
+# numbers were typed from memory of the paper's ablation table; we could not read that table or a quote of it.
 PAR_ABLATION = {1: (47.2, 48.1), 5: (54.9, 55.7)}
 
 # The paper's weak-annotation test: PASCAL-5i 1-way mean mIoU over the 4 folds, VGG-16, models trained on
-# dense masks and tested with other support annotations; support -> {shots: mean}. "dense" is PANet itself.
-# The scribbles were the authors' own generated set; ours (`supports.scribble`) are other scribbles.
+# dense masks and tested with other support annotations; support -> {shots: mean}. "dense" is PANet itself
+# (the abstract). NOT CHECKED: the scribble and bbox numbers were typed from memory of the paper's table; we
+# could not read that table or a quote of it. The scribbles were the authors' own generated set; ours
+# (`supports.scribble`) are other scribbles.
 WEAK_SUPPORTS = {"dense": {1: 48.1, 5: 55.7}, "scribble": {1: 44.8, 5: 54.6}, "bbox": {1: 45.1, 5: 52.8}}
 
-# The authors' own rerun of PASCAL-5i fold 0 1-shot; below ~0.5 points is run-to-run noise.
-FOLD0_1SHOT_RERUN = 41.6
+# The authors' own words, in their repository's issues (read there):
+# - #3: after submission they re-ran all experiments; PASCAL-5i fold 0 1-shot gave 0.4158 (published: 42.3),
+#   and 5-shot results are more stable than 1-shot ones.
+# - #22: a gap of less than 0.5 mIoU from the paper could come from randomness alone.
+# - #16: the 1-way 1-shot VOC task trains in about 3 hours on a GTX Titan X.
+# - #30 (labelled bug, open): their meter underestimates false positives in N-way episodes when the query
+#   does not hold every class of the episode (`IoUMeter(count_absent_fp=True)` counts them).
+FOLD0_1SHOT_RERUN = 41.58
 NOISE_LEVEL = 0.5
+HOURS_PER_1SHOT_MODEL = 3  # on a GTX Titan X, VOC 1-way 1-shot; the authors gave no figure for 5-shot models
+
+# Every number outside the tables above, with where it was read; "NOT CHECKED" where we could not check it.
+READ_FROM = {
+    "PAR_ABLATION": "NOT CHECKED: the paper's PAR ablation (without PAR); 'with PAR' = the abstract's means",
+    "WEAK_SUPPORTS": "NOT CHECKED: the paper's weak-annotation table (scribble, bbox); 'dense' = the abstract's means",
+    "FOLD0_1SHOT_RERUN": f"the authors, {authors_issue(3)}: 0.4158",
+    "NOISE_LEVEL": f"the authors, {authors_issue(22)}: a gap under 0.5 mIoU could be due to randomness",
+    "HOURS_PER_1SHOT_MODEL": f"the authors, {authors_issue(16)}: about 3 hours on a GTX Titan X, VOC 1-way 1-shot",
+    "metric_bug": f"the authors, {authors_issue(30)} (labelled bug): false positives undercounted in N-way episodes",
+}
 
 
 def paper_result(dataset: str, ways: int = 1, shots: int = 1) -> PaperResult:
-    """The published row for a setting; KeyError with the available settings if there is none."""
+    """The published row for a setting (`in_paper` says whether it is PANet's paper's); KeyError with the
+    available settings if there is none."""
     for r in PAPER_RESULTS:
         if (r.dataset, r.ways, r.shots) == (dataset, ways, shots):
             return r
@@ -49,15 +94,21 @@ def paper_result(dataset: str, ways: int = 1, shots: int = 1) -> PaperResult:
 
 
 def markdown_table() -> str:
-    """The published table as Markdown, e.g. for the README and the reproduction notebook."""
-    lines = ["| setting | fold 0 | fold 1 | fold 2 | fold 3 | mean | FB-IoU |", "|---|---|---|---|---|---|---|"]
+    """The published table as Markdown, e.g. for the README and the reproduction notebook: each row with
+    where it was read (numbered notes under the table); the row that is not PANet's paper says so."""
+    notes: list[str] = []
+    lines = ["| setting | fold 0 | fold 1 | fold 2 | fold 3 | mean | FB-IoU | read from |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in PAPER_RESULTS:
         name = f"{'PASCAL-5i' if r.dataset == 'pascal5i' else 'COCO-20i'} {r.ways}-way {r.shots}-shot"
         name += ", ResNet-50" if r.backbone == "resnet50" else ""
+        name += "" if r.in_paper else " (not in PANet's paper)"
         folds = [f"{v:.1f}" for v in r.folds] if r.folds else [""] * 4
         fb = f"{r.fb_iou:.1f}" if r.fb_iou is not None else ""
-        lines.append(f"| {name} | " + " | ".join(folds) + f" | {r.mean:.1f} | {fb} |")
-    return "\n".join(lines)
+        if r.source not in notes:
+            notes.append(r.source)
+        lines.append(f"| {name} | " + " | ".join(folds) + f" | {r.mean:.1f} | {fb} | [{notes.index(r.source) + 1}] |")
+    return "\n".join(lines + [""] + [f"- [{i}] {note}" for i, note in enumerate(notes, 1)])
 
 
 # ----------------------------------------------------------------------------- later methods
