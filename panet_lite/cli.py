@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import sys
@@ -12,7 +13,7 @@ from inspect import signature
 from . import distributed
 from .demo import DemoConfig
 from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
-from .options import add_options, flag_name, int_tuple, pick
+from .options import add_options, dest, int_tuple, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
 from .train import METHOD_DEFAULTS, TrainConfig
 
@@ -54,8 +55,17 @@ def _dataset_options(args) -> dict:
     return chosen
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reads flags only as spelled out: `--step 3` is refused, naming `--steps`, rather than
+    read as an abbreviation (one rule for every command; a flag's meaning never depends on the others)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m panet_lite", description="PANet few-shot segmentation: course companion and reproduction.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -109,13 +119,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default=None, type=int_tuple(0), help="comma-separated GPU ids: run the (fold, shots) "
                    "jobs side by side, one per GPU at a time, each in its own process (default: one after the "
                    "other on --device)")
-    # --size, --device, --amp, --batch-size and --workers apply to training and testing alike; --seed is
-    # the training seed and --test-seed the test sampler's, so a new training seed keeps the test episodes.
-    add_options(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp"))
+    # --size, --device, --amp, --dtype, --batch-size and --workers apply to training and testing alike; --seed
+    # is the training seed and --test-seed the test sampler's, so a new training seed keeps the test episodes.
+    add_options(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp", "dtype"))
     add_options(p, EvalConfig, skip=("ways", "shots", "queries", "batch_size", "workers", "save_episodes"))
 
     sub.add_parser("paper", help=COMMANDS["paper"], description=COMMANDS["paper"])
+    parser.commands = sub.choices  # name -> the command's parser
     return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with `given`: the destinations of the flags that were typed.
+
+    A flag is given when argparse itself read it (`--steps 3`, `--steps=3`, `--no-flip` alike), so a
+    method's recipe or a protocol's defaults fill exactly the others. A flag that is not one of the
+    command's, an abbreviation included, is one line naming the closest flags.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    command = parser.commands[args.command]
+    if unknown:
+        flags = [o for action in command._actions for o in action.option_strings]
+        close = []
+        for token in (t.split("=")[0] for t in unknown if t.startswith("--")):
+            extended = [f for f in flags if f.startswith(token)]  # what an abbreviation would have meant
+            close += [f for f in extended or difflib.get_close_matches(token, flags, n=2, cutoff=0.6)
+                      if f not in close]
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; see `python -m panet_lite {args.command} -h`"
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint} (flags are read only as spelled out "
+                      f"in full)")
+    typed = build_parser()  # the same parser with no defaults: what it returns was typed
+    for action in (a for p in typed.commands.values() for a in p._actions):
+        action.default = argparse.SUPPRESS
+    args.given = set(vars(typed.parse_args(argv)))
+    return args
 
 
 def _fail(message: str) -> int:
@@ -143,12 +182,10 @@ def _json_line(obj) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("once")
         warnings.showwarning = _print_warning
-        args.given = {token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv)
-                      if token.startswith("--")}  # the flags typed: a protocol's defaults fill the others
         try:
             return COMMAND_FUNCTIONS[args.command](args)
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
@@ -278,10 +315,9 @@ def cmd_test(args) -> int:
     return 0
 
 
-def _given(args, name: str) -> bool:
-    """Whether the flag of TrainConfig or EvalConfig field `name` was typed (a --no-flag counts)."""
-    flag = next(flag_name(f) for cls in (TrainConfig, EvalConfig) for f in fields(cls) if f.name == name)
-    return f"--{flag}" in args.given or f"--no-{flag}" in args.given
+def _given(args, name: str, cls=TrainConfig) -> bool:
+    """Whether the flag of field `name` of `cls` was typed (its --no- form counts)."""
+    return next(dest(f) for f in fields(cls) if f.name == name) in args.given
 
 
 def _train_config(args) -> TrainConfig:
@@ -296,8 +332,8 @@ def _eval_config(args):
     """The test settings: the flags given, and the protocol's own defaults for those not given
     (`--protocol hsnet` alone means HSNet's test: 1 run of 1,000 episodes, seed 0, 400 px)."""
     cfg = pick(args, EvalConfig)
-    flags = {f.name: "--" + flag_name(f) for f in fields(EvalConfig)}
-    preset = {k: v for k, v in PROTOCOL_DEFAULTS.get(cfg.protocol, {}).items() if flags[k] not in args.given}
+    preset = {k: v for k, v in PROTOCOL_DEFAULTS.get(cfg.protocol, {}).items()
+              if not _given(args, k, EvalConfig)}
     return replace(cfg, **preset)
 
 

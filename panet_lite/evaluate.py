@@ -52,6 +52,9 @@ class EvalConfig:
     batch_size: int = option(1, "episodes per forward pass (results do not depend on it)", at_least=1)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA")
+    dtype: str = option("float32", "the precision of the test's arithmetic: float32, or float64 (slower; the "
+                                   "models are converted in place) to compare batchings and process layouts "
+                                   "without round-off", choices=("float32", "float64"))
     compile: bool = option(False, "torch.compile the model's encoder (in place) before testing: a minute or two "
                                   "to compile, then faster forwards (on 2 CPU cores about 15%; "
                                   "benchmarks/compare.py --compile measures yours)")
@@ -61,6 +64,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.amp and self.dtype != "float32":
+            raise ValueError(f"--amp computes in bfloat16 and --dtype {self.dtype} in double precision: drop one")
 
     @classmethod
     def for_protocol(cls, protocol: str, **overrides) -> "EvalConfig":
@@ -94,9 +99,11 @@ class EvalResult:
 def predict(model: PANet, batch: dict, device: torch.device, amp: bool = False,
             size: tuple[int, int] | None = None) -> torch.Tensor:
     """Predicted episode labels (B, Q, H, W) for a collated batch; logits upsampled to `size` if given."""
+    dtype = next(model.parameters()).dtype  # float32, or float64 (EvalConfig.dtype)
     with autocast(device, amp):
-        logits = model(batch["support_images"].to(device), batch["support_fg"].to(device),
-                       batch["support_bg"].to(device), batch["query_images"].to(device)).logits.float()
+        logits = model(*(batch[k].to(device, dtype) for k in ("support_images", "support_fg", "support_bg",
+                                                                "query_images"))).logits
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     if size is not None and tuple(logits.shape[-2:]) != tuple(size):
         B, Q = logits.shape[:2]
         logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
@@ -184,7 +191,7 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
     ranks = distributed.current()  # under torchrun: rank r tests episodes r, r + W, r + 2W, ... of each run
     device = distributed.device(config.device)
     progress = progress and ranks.main
-    models = {key: m.to(device).eval() for key, m in models.items()}
+    models = {key: m.to(device, getattr(torch, config.dtype)).eval() for key, m in models.items()}
     if config.compile:
         for m in models.values():
             m.encoder.compile()  # nn.Module.compile: the weights keep their names; compiled on the first batch

@@ -8,6 +8,7 @@ which keeps two configs on one command from sharing a flag by accident.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, field, fields
 from typing import Any, Callable
 
@@ -41,6 +42,8 @@ def check_options(config) -> None:
     """
     for f in fields(config):
         value, low, choices = getattr(config, f.name), f.metadata.get("at_least"), f.metadata.get("choices")
+        if isinstance(value, float) and not math.isfinite(value):  # float("nan") parses, and would train NaNs
+            raise ValueError(f"--{flag_name(f)} must be a finite number, got {value}")
         if low is not None and value is not None and not isinstance(value, bool) and value < low:
             raise ValueError(f"--{flag_name(f)} must be at least {low}, got {value}")
         if choices and value not in choices:

@@ -57,6 +57,9 @@ class TrainConfig:
     seed: int = option(1234, "seed of the initial weights and of the training episodes", at_least=0)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
+    dtype: str = option("float32", "the precision of weights and arithmetic: the paper's float32, or float64 "
+                                   "(several times slower; for comparing process layouts and code paths, whose "
+                                   "float32 results differ by round-off)", choices=("float32", "float64"))
     channels_last: bool = option(False, "channels-last memory format for convolutions (faster on GPU and CPU)")
     recompute: bool = option(False, "activation checkpointing: keep only a few of the encoder's activations and "
                                     "recompute the others in backward (less memory, one more encoder forward "
@@ -73,6 +76,8 @@ class TrainConfig:
                              f"method's recipe")
         if self.refine and self.method != "ssp":
             raise ValueError("--refine is a step of SSP's matching: use it with --method ssp")
+        if self.amp and self.dtype != "float32":
+            raise ValueError(f"--amp computes in bfloat16 and --dtype {self.dtype} in double precision: drop one")
         if self.recompute and self.backbone not in RECOMPUTE_BACKBONES:
             raise ValueError(f"--recompute works with the {' and '.join(RECOMPUTE_BACKBONES)} encoders, not "
                              f"{self.backbone}: drop it, or lower --batch-size / --size to save memory")
@@ -98,8 +103,8 @@ def build_model(config: TrainConfig) -> PANet:
 
 
 # Fields that say how to run, not what is trained: a checkpoint may be resumed with other values.
-RUN_ONLY_FIELDS = ("steps", "pretrained", "device", "amp", "channels_last", "recompute", "workers", "log_every",
-                   "checkpoint_every")
+RUN_ONLY_FIELDS = ("steps", "pretrained", "device", "amp", "dtype", "channels_last", "recompute", "workers",
+                   "log_every", "checkpoint_every")
 
 
 def recipe(config: TrainConfig | dict) -> dict:
@@ -317,7 +322,8 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     # A resumed run overwrites the initial weights: no need to fetch ImageNet weights for it.
-    model = (model or build_model(config if ckpt is None else replace(config, pretrained=False))).to(device)
+    dtype = getattr(torch, config.dtype)
+    model = (model or build_model(config if ckpt is None else replace(config, pretrained=False))).to(device, dtype)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.recompute = config.recompute
@@ -353,13 +359,14 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     n_sum, t0 = 0, time.perf_counter()
     try:
         for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: v.to(device, dtype if v.is_floating_point() else v.dtype, non_blocking=True)
+                     for k, v in batch.items()}
             with autocast(device, config.amp):
                 out_ = net(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"],
                            batch["query_labels"])
                 if ranks.world == 1:
-                    seg = segmentation_loss(out_.logits.float(), batch["query_labels"])
-                    loss = seg + config.align_weight * out_.align_loss.float() + out_.aux_loss.float()
+                    seg = segmentation_loss(_full(out_.logits), batch["query_labels"])
+                    loss = seg + config.align_weight * _full(out_.align_loss) + _full(out_.aux_loss)
                     parts = {"loss": loss, "seg_loss": seg, "align_loss": out_.align_loss, "aux_loss": out_.aux_loss}
                 else:
                     loss, parts = shared_losses(out_, batch["query_labels"], config.align_weight, ranks.world)
@@ -394,6 +401,11 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     return model.eval(), state.history
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Losses in float32 at least: autocast's bfloat16 goes up to float32, float64 (--dtype float64) stays."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def shared_losses(out_, labels: torch.Tensor, align_weight: float, world: int) -> tuple[torch.Tensor, dict]:
     """The loss of this rank's share of a batch, scaled so that DDP's average of the ranks' gradients is the
     gradient of the whole batch's loss, and the whole batch's loss terms (for the log).
@@ -405,13 +417,13 @@ def shared_losses(out_, labels: torch.Tensor, align_weight: float, world: int) -
     means over each rank's pixels, averaged over the ranks: equal to one process's when every
     share has as many labelled pixels.
     """
-    logits = out_.logits.float()
+    logits = _full(out_.logits)
     seg_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(0, 1), ignore_index=IGNORE, reduction="sum")
     stats = torch.stack([seg_sum.detach(), (labels != IGNORE).sum().to(seg_sum.dtype),
-                         out_.align_loss.detach().float().to(seg_sum.device),
-                         out_.aux_loss.detach().float().to(seg_sum.device)])
+                         _full(out_.align_loss.detach()).to(seg_sum.device, seg_sum.dtype),
+                         _full(out_.aux_loss.detach()).to(seg_sum.device, seg_sum.dtype)])
     stats = distributed.sum_over_ranks(stats)
     pixels = stats[1].clamp_min(1)
-    loss = world * seg_sum / pixels + align_weight * out_.align_loss.float() + out_.aux_loss.float()
+    loss = world * seg_sum / pixels + align_weight * _full(out_.align_loss) + _full(out_.aux_loss)
     seg, align, aux = stats[0] / pixels, stats[2] / world, stats[3] / world
     return loss, {"loss": seg + align_weight * align + aux, "seg_loss": seg, "align_loss": align, "aux_loss": aux}

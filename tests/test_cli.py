@@ -400,3 +400,26 @@ def test_a_config_field_without_help_cannot_become_a_flag():
     parser = argparse.ArgumentParser()
     add_options(parser, Config, skip=("silent",))
     assert parser.parse_args(["--explained", "3"]).explained == 3
+
+
+@pytest.mark.parametrize("argv, steps, flip", [
+    (["--steps", "3"], 3, True),
+    (["--steps=3"], 3, True),
+    (["--steps", "6000", "--no-flip"], 6000, False),  # typed, even where it equals the recipe's value
+    ([], 6_000, True),  # not typed: MLC's recipe
+])
+def test_a_method_recipe_fills_exactly_the_flags_argparse_did_not_read(argv, steps, flip):
+    from panet_lite.cli import _train_config, parse
+
+    args = parse(["train", "--dataset", "synthetic", "--fold", "0", "--method", "mlc", *argv])
+    config = _train_config(args)
+    assert (config.steps, config.flip, config.batch_size, config.backbone) == (steps, flip, 4, "resnet50-deepstem")
+    assert ("steps" in args.given) == bool(argv) and ("flip" in args.given) == ("--no-flip" in argv)
+
+
+def test_a_protocol_fills_the_test_flags_not_given():
+    from panet_lite.cli import _eval_config, parse
+
+    config = _eval_config(parse(["test", "--dataset", "synthetic", "--fold", "0", "--protocol", "hsnet",
+                                 "--test-seed", "5"]))
+    assert (config.seed, config.runs, config.episodes, config.size) == (5, 1, 1000, 400)

@@ -96,6 +96,10 @@ CASES = {
     "train --workers -1": Case(lambda w, t: train_argv(t / "r", "--workers", "-1"), 2,
                                ("--workers must be at least 0",)),
     "train --lr -0.1": Case(lambda w, t: train_argv(t / "r", "--lr", "-0.1"), 2, ("--lr must be at least 0",)),
+    "train --lr nan": Case(lambda w, t: train_argv(t / "r", "--lr", "nan"), 2, ("--lr must be a finite number, got nan",)),
+    "train --gamma inf": Case(lambda w, t: train_argv(t / "r", "--gamma", "inf"), 2,
+                              ("--gamma must be a finite number, got inf",)),
+    "train --seed -1": Case(lambda w, t: train_argv(t / "r", "--seed", "-1"), 2, ("--seed must be at least 0",)),
     "test --runs 0": Case(lambda w, t: eval_argv(ck(w, t), "--runs", "0"), 2, ("--runs must be at least 1",)),
     "test --episodes 0": Case(lambda w, t: eval_argv(ck(w, t), "--episodes", "0"), 2,
                               ("--episodes must be at least 1",)),
@@ -109,6 +113,16 @@ CASES = {
                                 ("argument --folds", "each 0..3, got '7'")),
     "reproduce --shot-list 0": Case(lambda w, t: ["reproduce", *SYNTHETIC, "--shot-list", "0", "--out", str(t)], 2,
                                     ("argument --shot-list", "each at least 1, got '0'")),
+    # Flags are read as spelled out: an abbreviation is refused, naming the flag it would have meant.
+    "train --step 3": Case(lambda w, t: train_argv(t / "r", "--method", "mlc", "--step", "3"), 2,
+                           ("unrecognized arguments: --step 3", "did you mean --steps?", "spelled out in full"),
+                           after=lambda w, t: not (t / "r").exists() or pytest.fail("a run folder was made")),
+    "test --episode 3": Case(lambda w, t: eval_argv(ck(w, t), "--episode", "3"), 2,
+                             ("unrecognized arguments: --episode 3", "did you mean --episodes")),
+    "reproduce --shot 5": Case(lambda w, t: ["reproduce", *SYNTHETIC, "--shot", "5", "--out", str(t / "r")], 2,
+                               ("unrecognized arguments: --shot 5", "did you mean --shot-list?")),
+    "train --amp --dtype float64": Case(lambda w, t: train_argv(t / "r", "--amp", "--dtype", "float64"), 2,
+                                        ("--amp computes in bfloat16 and --dtype float64", "drop one")),
     # Sizes the encoder cannot use (a 1 x 1 feature map trains to a constant loss of ln 2).
     "train --size 7": Case(lambda w, t: train_argv(t / "r", "--size", "7"), 2, ("--size must be at least 9, got 7",)),
     "test --support boxes": Case(lambda w, t: eval_argv(ck(w, t), "--support", "boxes"), 2,
@@ -258,8 +272,10 @@ STEPS = 40
 def _cli(argv: list[str], err: Path) -> subprocess.Popen:
     """`python -m panet_lite ...` in a child process with as many threads as this one (same numbers)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    # Ctrl-C's default action restored: a shell's background job (`pytest ... &`) ignores SIGINT, and a child
+    # inherits that, so Python would never raise KeyboardInterrupt in it.
     return subprocess.Popen([sys.executable, "-m", "panet_lite", *argv], env=env, stdout=subprocess.DEVNULL,
-                            stderr=err.open("w"))
+                            stderr=err.open("w"), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _fault_run(out: Path) -> list[str]:
@@ -298,8 +314,12 @@ def _same_weights(run: Path, reference: dict) -> bool:
 def test_a_stopped_run_resumes_to_the_same_weights_and_logs_each_step_once(stop, reference, tmp_path, capsys):
     run, stderr = tmp_path / "run", tmp_path / "stderr.txt"
     process = _cli(_fault_run(run), stderr)
-    _wait_for_step(run, 15, process)  # past the checkpoint at step 10
+    _wait_for_step(run, 11, process)  # past the checkpoint at step 10
+    # Frozen first (SIGSTOP cannot be caught), so the run cannot finish its last steps before the signal
+    # lands, however busy the machine; the stop takes effect the moment it resumes.
+    process.send_signal(signal.SIGSTOP)
     process.send_signal(signal.SIGKILL if stop == "kill -9" else signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
     process.wait(timeout=60)
     err = stderr.read_text()
     if stop == "Ctrl-C":
