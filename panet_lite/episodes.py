@@ -247,6 +247,11 @@ class EpisodeDataset(Dataset):
         ids = [i for shots in ep.support for i in shots] + ep.query
         flips = (torch.rand(len(ids), generator=gen) < 0.5).tolist() if self.flip else [False] * len(ids)
         loaded = [self._load(i, f, class_ids) for i, f in zip(ids, flips)]
+        sizes = {tuple(im.shape[-2:]) for im, _ in loaded}
+        if len(sizes) > 1:  # size None keeps each image's own size: one episode is one batch of the encoder
+            raise ValueError(f"--size none keeps each image's own size, and episode {index} has images of "
+                             f"{len(sizes)} sizes ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}), which cannot "
+                             f"be encoded together; give a --size (the paper's: 417)")
         N, K = len(ep.support), len(ep.support[0])
         s_imgs = torch.stack([im for im, _ in loaded[: N * K]]).unflatten(0, (N, K))
         fg, bg = [], []

@@ -94,3 +94,31 @@ def test_flip_is_per_image_and_reproducible():
         flipped += not torch.equal(x, y)
         torch.testing.assert_close(a[i]["query_images"], x)
     assert 3 <= flipped <= 17
+
+
+def test_images_of_several_sizes_without_a_size_are_one_clear_error():
+    from panet_lite.data import SegmentationSource
+
+    class TwoSizes(SegmentationSource):  # VOC-like: every image has its own size
+        num_classes, class_names = 1, ("thing",)
+
+        def ids(self):
+            return ["a", "b", "c"]
+
+        def load(self, image_id):
+            h = {"a": 6, "b": 7, "c": 6}[image_id]
+            label = torch.zeros(h, 5, dtype=torch.int64)
+            label[1:3, 1:3] = 1
+            return torch.zeros(3, h, 5, dtype=torch.uint8), label
+
+        def classes_in(self, image_id):
+            return {1}
+
+    data = EpisodeDataset(TwoSizes(), [1], 4, n_ways=1, n_shots=1, n_queries=1, seed=0, size=None)
+    sizes = [{tuple(data.source.load(i)[0].shape[-2:]) for i in (*ep.support[0], *ep.query)} for ep in data.episodes]
+    mixed = next(i for i, s in enumerate(sizes) if len(s) > 1)
+    with pytest.raises(ValueError, match=f"--size none keeps each image's own size, and episode {mixed} has images "
+                                         f"of 2 sizes \\(6x5, 7x5\\).*give a --size"):
+        data[mixed]
+    for i in (i for i, s in enumerate(sizes) if len(s) == 1):  # one size: the episode keeps it
+        assert data[i]["query_images"].shape[-2:] == next(iter(sizes[i]))
