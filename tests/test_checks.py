@@ -1,4 +1,5 @@
 """The exercise checkers: they pass the reference solutions, and each usual mistake gets its own diagnosis."""
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ CHECKERS = {"episode_labels": checks.check_episode_labels, "support_masks": chec
             "masked_average_pool": checks.check_masked_average_pool, "prototypes": checks.check_prototypes,
             "prototype_scores": checks.check_prototype_scores, "alignment_loss": checks.check_alignment_loss,
             "class_iou": checks.check_class_iou, "fold_summary": checks.check_fold_summary,
-            "self_support": checks.check_self_support}
+            "self_support": checks.check_self_support, "training_step": checks.check_training_step}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def _line(capsys) -> str:
     return out[0]
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of")
 @pytest.mark.parametrize("exercise, description", [(k, d) for k, v in checks.MISTAKES.items()
                                                     if k in CHECKERS for d, _ in v])
 def test_every_usual_mistake_gets_its_diagnosis(exercise, description, capsys):
@@ -101,12 +103,62 @@ def test_scheduler_lrs_follow_train_and_the_closed_form():
     assert lrs.tolist() == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
 
 
-def test_table_diagnosis_explains_each_wrong_answer(capsys):
+def test_table_diagnosis_counts_the_wrong_verdicts_and_never_names_them(capsys):
     assert not checks.check_table_diagnosis(set())
     assert "not answered yet" in _line(capsys)
-    assert not checks.check_table_diagnosis({"a", "b"})
-    line = _line(capsys)
-    assert "a is noise" in line and "you missed c" in line
     assert not checks.check_table_diagnosis("z")
     assert "unknown report" in _line(capsys)
+    bugs = {k for k, (bug, _) in checks.TABLE_VERDICTS.items() if bug}
+    for suspects in ({"a", "b"}, {"b"}, {"c", "e"}, set("abcde"), {"d"}, {"a", "b", "c"}):
+        assert not checks.check_table_diagnosis(suspects)
+        line = _line(capsys)
+        assert f"{len(suspects ^ bugs)} of your 5 verdicts" in line, line
+        # No verdict and no letter leaks: the line is the same whichever reports are wrong.
+        for _, why in checks.TABLE_VERDICTS.values():
+            assert why.split(": ", 1)[1][:25] not in line and why[-25:] not in line, line
+        assert not re.search(r"(?<![\w'])[a-e](?![\w'])", line.split(": ", 1)[1]), line  # no report's letter
     assert checks.check_table_diagnosis("B, c")
+    line = _line(capsys)
+    assert all(f"{k}: {why}" in line for k, (_, why) in checks.TABLE_VERDICTS.items())
+
+
+def test_the_same_count_gives_the_same_line(capsys):
+    checks.check_table_diagnosis({"a", "b"})  # a wrong, c missed
+    first = _line(capsys)
+    checks.check_table_diagnosis({"d", "c"})  # d wrong, b missed
+    assert _line(capsys) == first
+
+
+def test_reference_training_step_is_trains_loop(tmp_path):
+    """The training-step checker's reference takes the same steps as panet_lite.train.train."""
+    from dataclasses import replace
+
+    from panet_lite.course import course_model_config, course_sources
+    from panet_lite.data import train_classes
+    from panet_lite.episodes import EpisodeDataset
+    from panet_lite.train import build_model, train
+    from torch.utils.data import DataLoader
+
+    source = course_sources()[0]
+    cfg = replace(course_model_config(fold=0, steps=2), batch_size=2, channels_last=False)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
+    episodes = EpisodeDataset(source, train_classes(0), cfg.steps * cfg.batch_size, cfg.ways, cfg.shots, cfg.queries,
+                              cfg.seed, cfg.size, cfg.flip, cfg.faithful)
+    for batch in DataLoader(episodes, batch_size=cfg.batch_size):
+        checks.reference_training_step(model, optimizer, scheduler, batch)
+    theirs, _ = train(source, train_classes(0), cfg, progress=False)
+    for p, q in zip(model.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)  # the same operations in the same order: bit for bit
+
+
+def test_a_function_that_changes_its_input_is_told_so(capsys):
+    def overwrite(label, classes):
+        out = checks.episode_labels(label, classes)
+        label.zero_()
+        return out
+
+    assert not checks.check_episode_labels(overwrite)
+    assert "changed its input (argument 1) in place" in _line(capsys)
