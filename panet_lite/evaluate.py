@@ -19,7 +19,7 @@ from .files import DataError, ensure_writable_file
 from .metrics import IoUMeter, mean_std
 from .model import PANet
 from .options import check_options, none_or, option
-from .runtime import DEVICE_HELP, autocast
+from .runtime import DEVICE_HELP, WORKERS_HELP, autocast, loader_options, parse_workers
 from .supports import SUPPORT_HELP, SUPPORTS
 
 
@@ -58,7 +58,7 @@ class EvalConfig:
     compile: bool = option(False, "torch.compile the model's encoder (in place) before testing: a minute or two "
                                   "to compile, then faster forwards (on 2 CPU cores about 15%; "
                                   "benchmarks/compare.py --compile measures yours)")
-    workers: int = option(0, "DataLoader worker processes", at_least=0)
+    workers: int | str = option("auto", WORKERS_HELP, parse=parse_workers, at_least=0)
     save_episodes: str | None = option(None, "file to write the drawn episodes (image ids) to, as JSON; none "
                                              "writes nothing", parse=none_or(str))
 
@@ -206,7 +206,7 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
         # HSNet's too: per class, fg and bg intersection and union summed over episodes, 255 left out.
         meters = {key: IoUMeter(source.num_classes, count_absent_fp=config.protocol != "faithful") for key in models}
         mine = dataset if ranks.world == 1 else Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
-        loader = DataLoader(mine, batch_size=config.batch_size, num_workers=config.workers)
+        loader = DataLoader(mine, batch_size=config.batch_size, **loader_options(config.workers, device))
         for batch in tqdm(loader, disable=not progress, desc=f"test run {run + 1}/{config.runs}", leave=False):
             target = batch["query_labels_full"] if full_size else batch["query_labels"]
             for key, m in models.items():

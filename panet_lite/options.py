@@ -44,7 +44,7 @@ def check_options(config) -> None:
         value, low, choices = getattr(config, f.name), f.metadata.get("at_least"), f.metadata.get("choices")
         if isinstance(value, float) and not math.isfinite(value):  # float("nan") parses, and would train NaNs
             raise ValueError(f"--{flag_name(f)} must be a finite number, got {value}")
-        if low is not None and value is not None and not isinstance(value, bool) and value < low:
+        if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
             raise ValueError(f"--{flag_name(f)} must be at least {low}, got {value}")
         if choices and value not in choices:
             raise ValueError(f"--{flag_name(f)} must be one of {', '.join(map(str, choices))}, got {value!r}")

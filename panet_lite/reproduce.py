@@ -169,6 +169,7 @@ def _run_on_gpus(cells, gpus, dataset, root, train_cfg, eval_cfg, out, progress,
     """Each (fold, shots) job in a fresh process on a free GPU of `gpus`; rows in the order of `cells`."""
     import multiprocessing
     import threading
+    from concurrent.futures import ProcessPoolExecutor
 
     pending, rows, errors, lock = list(cells), {}, [], threading.Lock()
     spawn = multiprocessing.get_context("spawn")  # a fresh process: its own CUDA context, nothing inherited
@@ -185,9 +186,9 @@ def _run_on_gpus(cells, gpus, dataset, root, train_cfg, eval_cfg, out, progress,
                 fold, shots = pending.pop(0)
             job = (dataset, root, fold, shots, replace(train_cfg, device=device), replace(eval_cfg, device=device),
                    out, False, options)
-            try:
-                with spawn.Pool(1) as pool:
-                    row = pool.apply(_job_sharing_cores, (cores_each, *job))
+            try:  # a ProcessPoolExecutor's process, unlike a Pool's, may start DataLoader workers of its own
+                with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                    row = pool.submit(_job_sharing_cores, len(gpus), cores_each, *job).result()
             except Exception as exc:  # noqa: BLE001  (re-raised below, once every GPU has stopped)
                 with lock:
                     errors.append(exc)
@@ -207,10 +208,12 @@ def _run_on_gpus(cells, gpus, dataset, root, train_cfg, eval_cfg, out, progress,
     return [rows[cell] for cell in cells]
 
 
-def _job_sharing_cores(threads: int, *job) -> dict:
-    """`train_and_test(*job)` in a job process that uses `threads` CPU threads."""
+def _job_sharing_cores(jobs: int, threads: int, *job) -> dict:
+    """`train_and_test(*job)` in one of `jobs` job processes side by side, using `threads` CPU threads
+    (and, with --workers auto, its share of the cores for data loading)."""
     import torch
 
+    os.environ["PANET_LITE_SHARED_BY"] = str(jobs)
     torch.set_num_threads(threads)
     return train_and_test(*job)
 

@@ -2,10 +2,51 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from typing import Any
 
 import torch
 
 DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"  # the --device option of every config
+WORKERS_HELP = ("DataLoader worker processes, or auto: on a GPU one per CPU core (at most 8), kept alive between "
+                "runs, with pinned memory and prefetch; on the CPU 0 (the cores compute, the main process loads). "
+                "The episodes, weights and numbers are the same whatever the count")
+MAX_AUTO_WORKERS = 8
+
+
+def parse_workers(text: str) -> int | str:
+    """--workers: "auto" or a count."""
+    return "auto" if text.lower() == "auto" else int(text)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def sharing_processes() -> int:
+    """How many processes of this run share this machine's cores: torchrun's local processes, or the
+    jobs `reproduce --gpus` runs side by side (it sets PANET_LITE_SHARED_BY in each)."""
+    return max(1, int(os.environ.get("PANET_LITE_SHARED_BY") or os.environ.get("LOCAL_WORLD_SIZE") or 1))
+
+
+def loader_options(workers: int | str, device: torch.device) -> dict[str, Any]:
+    """DataLoader keyword arguments for `workers` ("auto" or a count) feeding `device`.
+
+    auto: on CUDA this process's share of the cores (`sharing_processes`), at most MAX_AUTO_WORKERS,
+    kept alive between runs, each with 4 batches in flight; on the CPU 0, since the same cores would
+    both load and compute. Pinned memory on CUDA lets the copies to the GPU overlap.
+    """
+    if workers == "auto":
+        share = max(1, cpu_cores() // sharing_processes())
+        workers = min(MAX_AUTO_WORKERS, share) if device.type == "cuda" else 0
+    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        options |= {"persistent_workers": True, "prefetch_factor": 4}
+    return options
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

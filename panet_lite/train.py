@@ -20,7 +20,7 @@ from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .model import METHODS, PANet
 from .options import check_options, none_or, option, parse_bool_or_path, parse_int_tuple
-from .runtime import DEVICE_HELP, autocast
+from .runtime import DEVICE_HELP, WORKERS_HELP, autocast, loader_options, parse_workers
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TrainConfig:
     recompute: bool = option(False, "activation checkpointing: keep only a few of the encoder's activations and "
                                     "recompute the others in backward (less memory, one more encoder forward "
                                     "per step; vgg16 and small)")
-    workers: int = option(0, "DataLoader worker processes", at_least=0)
+    workers: int | str = option("auto", WORKERS_HELP, parse=parse_workers, at_least=0)
     log_every: int = option(50, "steps between log lines", at_least=1)
     checkpoint_every: int = option(1000, "steps between checkpoints (one is always written at the end)", at_least=1)
 
@@ -345,8 +345,8 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     first = state.step * config.batch_size + ranks.rank * share
     remaining = Subset(dataset, [first + s * config.batch_size + i for s in range(config.steps - state.step)
                                  for i in range(share)])
-    loader = DataLoader(remaining, batch_size=share, shuffle=False, num_workers=config.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    loader = DataLoader(remaining, batch_size=share, shuffle=False,
+                        **loader_options(config.workers, device))
     net = model if ranks.world == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     if out is not None and write:
@@ -355,8 +355,10 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="train", unit="step")
-    sums = {"loss": 0.0, "seg_loss": 0.0, "align_loss": 0.0} | ({"aux_loss": 0.0} if config.method == "ssp" else {})
-    n_sum, t0 = 0, time.perf_counter()
+    # The log's running sums stay on the device and are read every --log-every steps: reading them every
+    # step (.item()) would make the CPU wait for each step to finish before it queues the next.
+    keys = ("loss", "seg_loss", "align_loss") + (("aux_loss",) if config.method == "ssp" else ())
+    sums, n_sum, t0 = torch.zeros(len(keys), dtype=torch.float64, device=device), 0, time.perf_counter()
     try:
         for batch in loader:
             batch = {k: v.to(device, dtype if v.is_floating_point() else v.dtype, non_blocking=True)
@@ -375,12 +377,11 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
             optimizer.step()
             scheduler.step()
             state.step += 1
-            for k in sums:
-                sums[k] += parts[k].detach().item()
+            sums += torch.stack([parts[k].detach().to(sums.device, torch.float64) for k in keys])
             n_sum += 1
             bar.update(1)
             if state.step % config.log_every == 0 or state.step == config.steps:
-                row = {"step": state.step, **{k: v / n_sum for k, v in sums.items()},
+                row = {"step": state.step, **dict(zip(keys, (sums / n_sum).tolist())),
                        "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
                 if device.type == "cuda":
                     row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -389,7 +390,7 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
                 if log_file:
                     log_file.write(json.dumps(row) + "\n")
                     log_file.flush()
-                sums, n_sum = dict.fromkeys(sums, 0.0), 0
+                sums, n_sum = torch.zeros_like(sums), 0
             if write and ckpt_path is not None and (state.step % config.checkpoint_every == 0
                                                     or state.step == config.steps):
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, state, config, classes)

@@ -176,3 +176,34 @@ def test_class_argmax_is_argmax_with_the_first_maximum_on_ties(shape, dim):
     is_max = (logits == logits.amax(dim=dim, keepdim=True)).movedim(dim, -1).reshape(-1, shape[dim])
     expected = torch.stack([row.nonzero()[0, 0] for row in is_max]).reshape(labels.shape)
     assert torch.equal(labels, expected)
+
+
+def test_workers_auto_loads_in_the_main_process_on_cpu_and_with_a_share_of_the_cores_on_cuda(monkeypatch):
+    from panet_lite import runtime
+
+    monkeypatch.setattr(runtime, "cpu_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("PANET_LITE_SHARED_BY", raising=False)
+    assert runtime.loader_options("auto", torch.device("cpu")) == {"num_workers": 0, "pin_memory": False}
+    assert runtime.loader_options("auto", torch.device("cuda")) == {
+        "num_workers": 8, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 4}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's 4 processes on this machine: 4 cores each
+    assert runtime.loader_options("auto", torch.device("cuda"))["num_workers"] == 4
+    monkeypatch.setenv("PANET_LITE_SHARED_BY", "16")  # reproduce --gpus' jobs side by side: at least one each
+    assert runtime.loader_options("auto", torch.device("cuda"))["num_workers"] == 1
+    assert runtime.loader_options(3, torch.device("cpu"))["num_workers"] == 3
+    assert TrainConfig().workers == "auto" and EvalConfig().workers == "auto"
+
+
+def test_the_same_weights_and_numbers_whatever_the_number_of_workers(source, tmp_path):
+    runs = {}
+    for workers in (0, 2):  # each episode is a function of its index: worker processes draw the same ones
+        model, history = train(source, train_classes(0), replace(small_config(3), workers=workers, batch_size=2),
+                               progress=False)
+        result = evaluate(model, source, fold_classes(0), EvalConfig(runs=1, episodes=4, size=None, batch_size=2,
+                                                                     workers=workers), progress=False)
+        runs[workers] = model.state_dict(), history, result.runs
+    for name, weight in runs[0][0].items():
+        assert torch.equal(weight, runs[2][0][name]), name  # bit for bit
+    assert [h["loss"] for h in runs[0][1]] == [h["loss"] for h in runs[2][1]]
+    assert json.dumps(runs[0][2]) == json.dumps(runs[2][2])
