@@ -38,6 +38,7 @@ def test_ch05_solutions():
     from solutions import ch05
 
     assert checks.check_learning_rate(ch05.my_learning_rate)
+    assert checks.check_training_step(ch05.my_training_step)
 
 
 def test_ch06_solutions():
