@@ -317,7 +317,7 @@ WRONG_LISTS = {
     "a set per class, in no particular order": dict(as_set=True),
     "file names ('2007_000032.png') instead of image ids": dict(suffix=True),
     "the trainaug split whatever `split` says": dict(split_as="trainaug"),
-    "masks read from SegmentationClass (VOC's own 1,464 + 1,449, not the augmented set)":
+    "masks read from SegmentationClass (VOC's own masks, not the augmented set)":
         dict(folder="SegmentationClass"),
 }
 
