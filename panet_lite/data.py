@@ -116,6 +116,14 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def normalize_(grey_levels: torch.Tensor) -> torch.Tensor:
+    """`normalize` of uint8 images given as float grey levels (..., 3, H, W), in place: the same values
+    (the same operations in the same order), without allocating a new image per operation."""
+    mean = grey_levels.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = grey_levels.new_tensor(IMAGENET_STD).view(3, 1, 1)
+    return grey_levels.div_(255).sub_(mean).div_(std)
+
+
 class SegmentationSource:
     """A set of images with semantic masks: 0 = background, 1..num_classes = classes, 255 = ignore.
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import IGNORE, SegmentationSource, data_file, normalize
+from .data import IGNORE, SegmentationSource, data_file, normalize_
 from .files import DataError
 from .supports import SUPPORTS, box_masks, resize_instances, scribble_masks
 
@@ -133,19 +133,25 @@ def support_masks(label: torch.Tensor, class_id: int, episode_classes: Sequence[
     counts 255 borders as background; `ignore_is_background=False` leaves them out of both.
     """
     fg = label == class_id
-    bg = ~torch.isin(label, torch.tensor(list(episode_classes), device=label.device))
-    if not ignore_is_background:
-        bg &= label != IGNORE
+    bg = label != IGNORE if not ignore_is_background else torch.ones_like(label, dtype=torch.bool)
+    for c in episode_classes:  # a comparison per class: 10x faster than torch.isin for an episode's few
+        bg &= label != c
     return fg.float(), bg.float()
 
 
 def episode_labels(label: torch.Tensor, episode_classes: Sequence[int]) -> torch.Tensor:
     """Relabel a query's ground truth (..., H, W) to episode-local labels: 0 bg, w+1 way w, 255 kept."""
-    out = torch.zeros_like(label)
-    out[label == IGNORE] = IGNORE
+    out = (label == IGNORE).to(label.dtype).mul_(IGNORE)
     for w, c in enumerate(episode_classes):
-        out[label == c] = w + 1
+        out.masked_fill_(label == c, w + 1)
     return out
+
+
+def size_mismatch(sizes, what: str) -> str:
+    """The error of images of several sizes where one batch needs one (e.g. --size none on VOC's images)."""
+    shown = ", ".join(f"{h}x{w}" for h, w in sizes)
+    return (f"{what} have {len(sizes)} sizes ({shown}), and an episode's images are encoded as one batch; "
+            f"--size none keeps each image's own size: give a --size (the paper's: 417)")
 
 
 def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int] | None, pil: bool = False):
@@ -155,19 +161,24 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int,
     does to a PIL image (HSNet's test); the default is PyTorch's antialiased bilinear, within one
     grey level of it.
     """
-    if size is None:
-        return image, label
+    image, label = _resize_pair(image, label, size, pil)
+    return image.to(torch.uint8), label
+
+
+def _resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int] | None, pil: bool = False):
+    """`resize_pair`, with the image as float grey levels (whole numbers 0..255): the same values, without the
+    round trip through uint8 when the image is normalised next."""
+    if size is None or tuple(image.shape[-2:]) == ((size, size) if isinstance(size, int) else tuple(size)):
+        return image.float(), label
     size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(image.shape[-2:]) == size:
-        return image, label
     lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
     if pil:
         from PIL import Image
 
         resized = Image.fromarray(image.permute(1, 2, 0).numpy()).resize(size[::-1], Image.BILINEAR)
-        return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).contiguous(), lab
+        return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float(), lab
     img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return img[0].round().clamp(0, 255).to(torch.uint8), lab
+    return img[0].round_().clamp_(0, 255), lab  # in place: no new 2 MB tensor per operation
 
 
 class EpisodeDataset(Dataset):
@@ -213,8 +224,9 @@ class EpisodeDataset(Dataset):
         return len(self.episodes)
 
     def _load(self, image_id: str, flip: bool, class_ids: Sequence[int]):
+        """An image (float grey levels 0..255, see `_resize_pair`) and its label, resized and flipped."""
         image, label = self.source.load_for_classes(image_id, class_ids)
-        image, label = resize_pair(image, label, self.size, self.pil_resize)
+        image, label = _resize_pair(image, label, self.size, self.pil_resize)
         if flip:
             image, label = image.flip(-1), label.flip(-1)
         return image, label
@@ -247,12 +259,11 @@ class EpisodeDataset(Dataset):
         ids = [i for shots in ep.support for i in shots] + ep.query
         flips = (torch.rand(len(ids), generator=gen) < 0.5).tolist() if self.flip else [False] * len(ids)
         loaded = [self._load(i, f, class_ids) for i, f in zip(ids, flips)]
-        sizes = {tuple(im.shape[-2:]) for im, _ in loaded}
-        if len(sizes) > 1:  # size None keeps each image's own size: one episode is one batch of the encoder
-            raise ValueError(f"--size none keeps each image's own size, and episode {index} has images of "
-                             f"{len(sizes)} sizes ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}), which cannot "
-                             f"be encoded together; give a --size (the paper's: 417)")
         N, K = len(ep.support), len(ep.support[0])
+        for what, part in (("supports", loaded[: N * K]), ("queries", loaded[N * K:])):  # --size none: own sizes
+            sizes = {tuple(im.shape[-2:]) for im, _ in part}
+            if len(sizes) > 1:
+                raise ValueError(size_mismatch(sorted(sizes), f"episode {index}'s {what}"))
         s_imgs = torch.stack([im for im, _ in loaded[: N * K]]).unflatten(0, (N, K))
         fg, bg = [], []
         for j, (_, lab) in enumerate(loaded[: N * K]):
@@ -261,10 +272,10 @@ class EpisodeDataset(Dataset):
             bg.append(b)
         q_loaded = loaded[N * K:]
         item = {
-            "support_images": normalize(s_imgs),  # (N, K, 3, H, W)
+            "support_images": normalize_(s_imgs),  # (N, K, 3, H, W)
             "support_fg": torch.stack(fg).unflatten(0, (N, K)),  # (N, K, H, W)
             "support_bg": torch.stack(bg).unflatten(0, (N, K)),
-            "query_images": normalize(torch.stack([im for im, _ in q_loaded])),  # (Q, 3, H, W)
+            "query_images": normalize_(torch.stack([im for im, _ in q_loaded])),  # (Q, 3, H, W)
             "query_labels": episode_labels(torch.stack([lab for _, lab in q_loaded]), class_ids),  # (Q, H, W)
             "class_ids": torch.tensor(class_ids),  # (N,) global ids
             "index": torch.tensor(index),

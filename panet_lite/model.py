@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .alignment import alignment_loss, support_target
 from .data import IGNORE
+from .episodes import size_mismatch
 from .encoders import MIN_IMAGE_SIZE, build_encoder, recompute_pieces
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .pooling import downsampled_mask_pool, episode_prototypes, masked_average_pool
@@ -47,7 +48,8 @@ class PANetOutput(NamedTuple):
 class PANet(nn.Module):
     """Few-shot segmenter with no parameters beyond its encoder.
 
-    backbone: "vgg16" (the paper's), "resnet50" (dilated, COCO 2-way row), "resnet50-deepstem" (MLC's
+    backbone: "vgg16" (the paper's), "resnet50" (dilated; for the COCO-20i 2-way row filed under PANet,
+    not in PANet's paper), "resnet50-deepstem" (MLC's
     and SSP's) or "small" (CPU course). pretrained: True for torchvision's ImageNet weights, a path
     for a local state dict, False for random init. method: "panet", "mlc" (MLC's baseline) or "ssp"
     (self-support matching, 1-way episodes). align: add the prototype alignment loss in training
@@ -134,6 +136,9 @@ class PANet(nn.Module):
         """support_images (B, N, K, 3, H, W) normalised; support_fg, support_bg (B, N, K, H, W) float 0/1;
         query_images (B, Q, 3, H, W); query_labels (B, Q, H, W) episode labels, needed only to train SSP.
         Returns logits (B, Q, 1 + N, H, W), the alignment loss and SSP's self-matching loss."""
+        if support_images.shape[-2:] != query_images.shape[-2:]:
+            raise ValueError(size_mismatch([tuple(support_images.shape[-2:]), tuple(query_images.shape[-2:])],
+                                           "this episode's supports and queries"))
         support_feats, query_feats = self.encode(support_images, query_images)
         size = query_images.shape[-2:]
         if self.method == "ssp":

@@ -97,28 +97,86 @@ def test_flip_is_per_image_and_reproducible():
 
 
 def test_images_of_several_sizes_without_a_size_are_one_clear_error():
+    from panet_lite import PANet
     from panet_lite.data import SegmentationSource
 
     class TwoSizes(SegmentationSource):  # VOC-like: every image has its own size
         num_classes, class_names = 1, ("thing",)
 
         def ids(self):
-            return ["a", "b", "c"]
+            return ["a", "b", "c", "d"]
 
         def load(self, image_id):
-            h = {"a": 6, "b": 7, "c": 6}[image_id]
-            label = torch.zeros(h, 5, dtype=torch.int64)
-            label[1:3, 1:3] = 1
-            return torch.zeros(3, h, 5, dtype=torch.uint8), label
+            h = {"a": 9, "b": 10, "c": 9, "d": 10}[image_id]
+            label = torch.zeros(h, 9, dtype=torch.int64)
+            label[1:5, 1:5] = 1
+            return torch.zeros(3, h, 9, dtype=torch.uint8), label
 
         def classes_in(self, image_id):
             return {1}
 
-    data = EpisodeDataset(TwoSizes(), [1], 4, n_ways=1, n_shots=1, n_queries=1, seed=0, size=None)
-    sizes = [{tuple(data.source.load(i)[0].shape[-2:]) for i in (*ep.support[0], *ep.query)} for ep in data.episodes]
-    mixed = next(i for i, s in enumerate(sizes) if len(s) > 1)
-    with pytest.raises(ValueError, match=f"--size none keeps each image's own size, and episode {mixed} has images "
-                                         f"of 2 sizes \\(6x5, 7x5\\).*give a --size"):
-        data[mixed]
-    for i in (i for i, s in enumerate(sizes) if len(s) == 1):  # one size: the episode keeps it
-        assert data[i]["query_images"].shape[-2:] == next(iter(sizes[i]))
+    def size_of(image_id):
+        return tuple(TwoSizes().load(image_id)[0].shape[-2:])
+
+    fix = "--size none keeps each image's own size: give a --size \\(the paper's: 417\\)"
+    two_shots = EpisodeDataset(TwoSizes(), [1], 8, n_ways=1, n_shots=2, n_queries=1, seed=0, size=None)
+    index = next(i for i, ep in enumerate(two_shots.episodes) if len({size_of(s) for s in ep.support[0]}) == 2)
+    with pytest.raises(ValueError, match=f"episode {index}'s supports have 2 sizes \\(9x9, 10x9\\).*{fix}"):
+        two_shots[index]
+    one_shot = EpisodeDataset(TwoSizes(), [1], 8, n_ways=1, n_shots=1, n_queries=1, seed=0, size=None)
+    index = next(i for i, ep in enumerate(one_shot.episodes) if size_of(ep.support[0][0]) != size_of(ep.query[0]))
+    item = one_shot[index]  # one image per stack: the item is built; encoding supports and queries together is not
+    with pytest.raises(ValueError, match=f"this episode's supports and queries have 2 sizes.*{fix}"):
+        PANet("small", pretrained=False)(item["support_images"][None], item["support_fg"][None],
+                                         item["support_bg"][None], item["query_images"][None])
+
+
+def test_episodes_are_the_straightforward_loader_s_tensors(tmp_path):
+    """EpisodeDataset's fast path (grey levels kept as floats, normalised in place, masks by comparisons)
+    gives, to the last bit, the tensors of the plain loader written here: decode, resize the image
+    bilinearly with antialiasing to whole grey levels (uint8) and the label by nearest neighbour,
+    flip, masks with torch.isin, relabel with boolean indexing, normalise."""
+    import torch.nn.functional as F
+
+    from panet_lite.data import IGNORE, normalize
+    from panet_lite.pascal import PascalVOC
+    from panet_lite.synthetic import write_voc_tree
+
+    write_voc_tree(tmp_path, n_train=60, n_val=4, size=48)
+    source = PascalVOC(tmp_path, "trainaug")
+    present = [c for c, ids in zip(range(1, 21), source.class_lists(range(1, 21))) if len(ids) >= 3]
+
+    def plain(image_id, flip, size):
+        image, label = source.load(image_id)
+        img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        img = img[0].round().clamp(0, 255).to(torch.uint8)
+        lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        return (img.flip(-1), lab.flip(-1)) if flip else (img, lab)
+
+    def relabel(label, classes):
+        out = torch.zeros_like(label)
+        out[label == IGNORE] = IGNORE
+        for w, c in enumerate(classes):
+            out[label == c] = w + 1
+        return out
+
+    for faithful in (True, False):
+        data = EpisodeDataset(source, present, 3, n_ways=2, n_shots=2, n_queries=2, seed=3, size=57,
+                              flip=True, faithful=faithful)
+        for index, ep in enumerate(data.episodes):
+            item = data[index]
+            classes = item["class_ids"].tolist()
+            gen = torch.Generator().manual_seed(data.seed * 1_000_003 + index)
+            ids = [i for shots in ep.support for i in shots] + ep.query
+            flips = (torch.rand(len(ids), generator=gen) < 0.5).tolist()
+            loaded = [plain(i, f, (57, 57)) for i, f in zip(ids, flips)]
+            for j, (image, label) in enumerate(loaded[:4]):
+                w, k = divmod(j, 2)
+                bg = ~torch.isin(label, torch.tensor(classes))
+                bg &= True if faithful else label != IGNORE
+                assert torch.equal(item["support_images"][w, k], normalize(image))
+                assert torch.equal(item["support_fg"][w, k], (label == classes[w]).float())
+                assert torch.equal(item["support_bg"][w, k], bg.float())
+            for q, (image, label) in enumerate(loaded[4:]):
+                assert torch.equal(item["query_images"][q], normalize(image))
+                assert torch.equal(item["query_labels"][q], relabel(label, classes))
