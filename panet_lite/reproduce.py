@@ -296,7 +296,21 @@ def _title(table: dict) -> str:
                 f"(mIoU %, mean ± std over runs; in brackets the published number and the difference). The "
                 f"published numbers were measured under {TESTS[PUBLISHED_TEST]}: another test, so the "
                 f"difference mixes the two tests with the two models")
+    published = [paper_result(table["dataset"], s["ways"], s["shots"]) for s in table.get("settings", ())
+                 if _has_paper_row(table["dataset"], s["ways"], s["shots"])]
+    if published and not all(r.in_paper for r in published):
+        return (f"Results on {table['dataset']} (mIoU %, mean ± std over runs; in brackets the published number "
+                f"and the difference: Papers with Code's entry filed under PANet, not a number of PANet's paper; "
+                f"see `python -m panet_lite paper`)")
     return f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)"
+
+
+def _has_paper_row(dataset: str, ways: int, shots: int) -> bool:
+    try:
+        paper_result(dataset, ways, shots)
+    except KeyError:
+        return False
+    return True
 
 
 def markdown(table: dict) -> str:

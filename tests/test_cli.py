@@ -318,10 +318,13 @@ def test_reproduce_ways_trains_and_tests_n_way_models_and_finds_the_published_2_
     assert row["ways"] == 2 and row["train_config"]["ways"] == 2 and row["eval_config"]["ways"] == 2
     (setting,) = json.loads((out / "table.json").read_text())["settings"]
     assert setting["ways"] == 2 and setting["paper_mean"] is None  # the paper has no PASCAL-5i 2-way row
-    # COCO-20i 2-way 1-shot (ResNet-50) is the paper's: the table sets it beside ours.
+    # COCO-20i 2-way 1-shot (ResNet-50) is Papers with Code's entry filed under PANet, not the paper's: the
+    # table sets it beside ours and says where it comes from.
     fake = [{"fold": f, "shots": 1, "miou": 0.2, "miou_std": 0.0, "fb_iou": 0.5} for f in range(4)]
-    (coco,) = reproduce.summarize("coco20i", fake, ways=2)["settings"]
+    table = reproduce.summarize("coco20i", fake, ways=2)
+    (coco,) = table["settings"]
     assert coco["paper_mean"] == paper_result("coco20i", 2, 1).mean == 18.0
+    assert "Papers with Code's entry filed under PANet, not a number of PANet's paper" in reproduce.title(table)
 
 
 def test_a_table_of_synthetic_runs_is_a_pipeline_check_without_paper_numbers():
