@@ -52,11 +52,13 @@ export STRIP_WIDGET_STATE := import sys, nbformat; nb = nbformat.read(sys.argv[1
 	nb.metadata.pop("widgets", None); nbformat.write(nb, sys.argv[1])
 
 # The kernel talks over unix sockets (ipc): over TCP an execution once stalled for the whole cell
-# timeout (600 s) and then finished normally, as if one message had been lost.
-notebooks: $(STAMP)  ## re-execute every chapter in place, in a fresh kernel each
-	for nb in notebooks/[0-9]*.ipynb; do \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=$(NB_TIMEOUT) \
-			--KernelManager.transport=ipc "$$nb" \
+# timeout (600 s) and then finished normally, as if one message had been lost. The socket paths are
+# relative and the kernel starts in the chapter's folder, so nbconvert runs there too.
+CHAPTERS ?= notebooks/[0-9]*.ipynb
+notebooks: $(STAMP)  ## re-execute every chapter in place, in a fresh kernel each (or CHAPTERS="notebooks/05*")
+	for nb in $(CHAPTERS); do \
+		(cd notebooks && $(CURDIR)/$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=$(NB_TIMEOUT) --KernelManager.transport=ipc "$$(basename $$nb)") \
 			|| exit 1; \
 		$(BIN)/python -c "$$STRIP_WIDGET_STATE" "$$nb" || exit 1; \
 	done
