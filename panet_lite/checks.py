@@ -809,7 +809,8 @@ TABLE_REPORTS = {
     "e": "the 1-shot mean is 49.8 with fold stds of 0.3 to 0.7; our run of the same code on another GPU gave 48.2.",
 }
 TABLE_VERDICTS = {
-    "a": (False, "noise: the authors' own rerun of fold 0 1-shot gave 41.6, 0.7 below their published 42.3"),
+    "a": (False, "noise: the authors' own rerun of fold 0 1-shot gave 41.58 (kaixin96/PANet#3), 0.7 below their "
+                 "published 42.3"),
     "b": (True, "a bug: five support prototypes averaged are steadier than one; 5-shot below 1-shot on every "
                 "fold points at the shot averaging (or a 5-shot model tested with 1 shot)"),
     "c": (True, "a bug: 5 runs of 1,000 episodes drawn with seeds 1234..1238 differ by tenths of a point; a std of "

@@ -109,3 +109,15 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
         raise ValueError("a standard error needs at least two paired runs")
     d = torch.tensor(list(a), dtype=torch.float64) - torch.tensor(list(b), dtype=torch.float64)
     return d.mean().item(), (d.std(unbiased=True) / math.sqrt(len(d))).item()
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """The paired difference a_i - b_i: (mean, standard error, low, high), where [low, high] is the two-sided
+    `level` interval of Student's t with n - 1 degrees of freedom (n = pairs): with few pairs the SE is
+    itself uncertain, and t's quantile says by how much (4.30 SE at 3 pairs, 2.78 at 5, against 1.96
+    for a known spread). An interval that excludes zero says the two differ on what they shared."""
+    from scipy import stats
+
+    mean, se = paired_difference(a, b)
+    half = stats.t.ppf(0.5 + level / 2, df=len(a) - 1) * se
+    return mean, se, mean - half, mean + half

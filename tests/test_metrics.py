@@ -108,3 +108,14 @@ def test_paired_difference_by_hand():
         paired_difference([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="at least two"):
         paired_difference([1.0], [2.0])
+
+
+def test_paired_interval_is_students_t_with_n_minus_1_degrees_of_freedom():
+    from panet_lite.metrics import paired_interval
+
+    # Differences 1, 2, 3: mean 2, sd 1, SE 1/sqrt(3); t(0.975, 2 df) = 4.302653 (tables), so +-2.48414.
+    mean, se, low, high = paired_interval([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    assert (mean, se) == pytest.approx((2.0, 3 ** -0.5))
+    assert (low, high) == pytest.approx((2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5), abs=1e-6)
+    assert paired_interval([3.0, 1.0, 4.0, 1.0, 5.0], [0.0] * 5, level=0.9)[2] > paired_interval(
+        [3.0, 1.0, 4.0, 1.0, 5.0], [0.0] * 5)[2]  # a lower level, a narrower interval
