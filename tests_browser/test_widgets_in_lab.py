@@ -98,17 +98,44 @@ def browser():
         b.close()
 
 
+def _shut_down_kernels(lab, name: str) -> None:
+    """End the server's sessions (and kernels) of notebook `name`, through Jupyter Server's REST API."""
+    import json
+
+    sessions = json.loads(urllib.request.urlopen(f"{lab['url']}/api/sessions?token={lab['token']}", timeout=10).read())
+    for session in sessions:
+        if session.get("path", "").endswith(name):
+            request = urllib.request.Request(f"{lab['url']}/api/sessions/{session['id']}?token={lab['token']}",
+                                             method="DELETE")
+            urllib.request.urlopen(request, timeout=30)
+
+
 class Chapter:
     """One notebook open in JupyterLab, all its cells run."""
 
     def __init__(self, browser, lab, name: str, upto: str | None = None):
+        self._open(browser, lab, name)
+        try:
+            self.run_all(upto)
+        except AssertionError as error:
+            # Seen once (the rerun passed, as had every CI run before): the first chapter's kernel started,
+            # the cells were queued, and none ran (nothing in the server's log). One retry, on a new kernel;
+            # a chapter whose own code hangs fails the same way the second time.
+            if "did not finish" not in str(error):
+                raise
+            print(f"{name}: {error}; once more on a new kernel")
+            self.page.close()
+            _shut_down_kernels(lab, name)
+            self._open(browser, lab, name)
+            self.run_all(upto)
+
+    def _open(self, browser, lab, name: str) -> None:
         self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
         self.page.set_default_timeout(CONTROL_TIMEOUT_S * 1000)
         self.page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}&reset")
         self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
         self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
                                     ".jp-KernelStatus-success, .jp-Toolbar-kernelStatus", timeout=90_000)
-        self.run_all(upto)
 
     def _menu(self, item: str) -> None:
         self.page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
