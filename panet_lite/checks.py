@@ -28,7 +28,7 @@ from .matching import ALPHA, prototype_scores
 from .metrics import IoUMeter
 from .pooling import EPS, episode_prototypes, masked_average_pool
 from .ssp import TOP_K, self_support_prototypes
-from .train import segmentation_loss
+from .train import step_losses
 
 
 def _report(name: str, ok: bool, detail: str) -> bool:
@@ -511,7 +511,7 @@ def reference_training_step(model, optimizer, scheduler, batch: dict, align_weig
     plus align_weight x PAR, then zero_grad, backward, the optimizer's step and the scheduler's.
     Returns the step's loss (before the update)."""
     out = model(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"])
-    loss = segmentation_loss(out.logits, batch["query_labels"]) + align_weight * out.align_loss
+    loss, _ = step_losses(out, batch["query_labels"], align_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

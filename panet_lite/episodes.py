@@ -161,14 +161,21 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int,
     does to a PIL image (HSNet's test); the default is PyTorch's antialiased bilinear, within one
     grey level of it.
     """
+    if _unchanged(image, size):
+        return image, label
     image, label = _resize_pair(image, label, size, pil)
     return image.to(torch.uint8), label
+
+
+def _unchanged(image: torch.Tensor, size: int | tuple[int, int] | None) -> bool:
+    """Whether resizing `image` to `size` (None: its own size) leaves it as it is."""
+    return size is None or tuple(image.shape[-2:]) == ((size, size) if isinstance(size, int) else tuple(size))
 
 
 def _resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int] | None, pil: bool = False):
     """`resize_pair`, with the image as float grey levels (whole numbers 0..255): the same values, without the
     round trip through uint8 when the image is normalised next."""
-    if size is None or tuple(image.shape[-2:]) == ((size, size) if isinstance(size, int) else tuple(size)):
+    if _unchanged(image, size):
         return image.float(), label
     size = (size, size) if isinstance(size, int) else tuple(size)
     lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()

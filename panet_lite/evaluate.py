@@ -19,7 +19,8 @@ from .files import DataError, ensure_writable_file
 from .metrics import IoUMeter, mean_std
 from .model import PANet
 from .options import check_options, none_or, option
-from .runtime import DEVICE_HELP, WORKERS_HELP, autocast, loader_options, parse_workers
+from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, autocast, check_precision, loader_options,
+                      parse_workers)
 from .supports import SUPPORT_HELP, SUPPORTS
 
 
@@ -54,7 +55,7 @@ class EvalConfig:
     amp: bool = option(False, "bfloat16 autocast on CUDA")
     dtype: str = option("float32", "the precision of the test's arithmetic: float32, or float64 (slower; the "
                                    "models are converted in place) to compare batchings and process layouts "
-                                   "without round-off", choices=("float32", "float64"))
+                                   "without round-off", choices=DTYPES)
     compile: bool = option(False, "torch.compile the model's encoder (in place) before testing: a minute or two "
                                   "to compile, then faster forwards (on 2 CPU cores about 15%; "
                                   "benchmarks/compare.py --compile measures yours)")
@@ -64,8 +65,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
-        if self.amp and self.dtype != "float32":
-            raise ValueError(f"--amp computes in bfloat16 and --dtype {self.dtype} in double precision: drop one")
+        check_precision(self.amp, self.dtype)
 
     @classmethod
     def for_protocol(cls, protocol: str, **overrides) -> "EvalConfig":
@@ -103,7 +103,7 @@ def predict(model: PANet, batch: dict, device: torch.device, amp: bool = False,
     with autocast(device, amp):
         logits = model(*(batch[k].to(device, dtype) for k in ("support_images", "support_fg", "support_bg",
                                                                 "query_images"))).logits
-    logits = logits if logits.dtype == torch.float64 else logits.float()
+    logits = at_least_float32(logits)
     if size is not None and tuple(logits.shape[-2:]) != tuple(size):
         B, Q = logits.shape[:2]
         logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)

@@ -252,7 +252,8 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
             paper = published_result(method, paper_rows or dataset, ways, shots)
             entry |= {"paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
                       "paper_mean": paper.mean if paper else None,
-                      "paper_fb_iou": getattr(paper, "fb_iou", None) if paper else None}
+                      "paper_fb_iou": getattr(paper, "fb_iou", None) if paper else None,
+                      "paper_in_paper": getattr(paper, "in_paper", True)}  # False: not a number of PANet's paper
         settings.append(entry)
     kind = HSNET_TEST if hsnet and paper_rows is not None else REPRODUCTION if compare else PIPELINE_CHECK
     protocol = rows[0].get("eval_config", {}).get("protocol", "faithful") if rows else "faithful"
@@ -296,21 +297,12 @@ def _title(table: dict) -> str:
                 f"(mIoU %, mean ± std over runs; in brackets the published number and the difference). The "
                 f"published numbers were measured under {TESTS[PUBLISHED_TEST]}: another test, so the "
                 f"difference mixes the two tests with the two models")
-    published = [paper_result(table["dataset"], s["ways"], s["shots"]) for s in table.get("settings", ())
-                 if _has_paper_row(table["dataset"], s["ways"], s["shots"])]
-    if published and not all(r.in_paper for r in published):
+    if any(s.get("paper_in_paper") is False for s in table.get("settings", ())):
         return (f"Results on {table['dataset']} (mIoU %, mean ± std over runs; in brackets the published number "
                 f"and the difference: Papers with Code's entry filed under PANet, not a number of PANet's paper; "
                 f"see `python -m panet_lite paper`)")
     return f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)"
 
-
-def _has_paper_row(dataset: str, ways: int, shots: int) -> bool:
-    try:
-        paper_result(dataset, ways, shots)
-    except KeyError:
-        return False
-    return True
 
 
 def markdown(table: dict) -> str:

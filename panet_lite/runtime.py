@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"  # the --device option of every config
+DTYPES = ("float32", "float64")  # --dtype: the paper's precision, or double for comparisons without round-off
 WORKERS_HELP = ("DataLoader worker processes, or auto: on a GPU one per CPU core (at most 8), kept alive between "
                 "runs, with pinned memory and prefetch; on the CPU 0 (the cores compute, the main process loads). "
                 "The episodes, weights and numbers are the same whatever the count")
@@ -57,6 +58,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     return torch.device(device)
+
+
+def check_precision(amp: bool, dtype: str) -> None:
+    """--amp (bfloat16 autocast) and --dtype float64 ask for opposite things: refuse them together."""
+    if amp and dtype != "float32":
+        raise ValueError(f"--amp computes in bfloat16 and --dtype {dtype} in double precision: drop one")
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Logits and losses in float32 at least: autocast's bfloat16 goes up to float32, float64 stays."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:

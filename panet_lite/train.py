@@ -20,7 +20,8 @@ from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .model import METHODS, PANet
 from .options import check_options, none_or, option, parse_bool_or_path, parse_int_tuple
-from .runtime import DEVICE_HELP, WORKERS_HELP, autocast, loader_options, parse_workers
+from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, autocast, check_precision, loader_options,
+                      parse_workers)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class TrainConfig:
     amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
     dtype: str = option("float32", "the precision of weights and arithmetic: the paper's float32, or float64 "
                                    "(several times slower; for comparing process layouts and code paths, whose "
-                                   "float32 results differ by round-off)", choices=("float32", "float64"))
+                                   "float32 results differ by round-off)", choices=DTYPES)
     channels_last: bool = option(False, "channels-last memory format for convolutions (faster on GPU and CPU)")
     recompute: bool = option(False, "activation checkpointing: keep only a few of the encoder's activations and "
                                     "recompute the others in backward (less memory, one more encoder forward "
@@ -76,8 +77,7 @@ class TrainConfig:
                              f"method's recipe")
         if self.refine and self.method != "ssp":
             raise ValueError("--refine is a step of SSP's matching: use it with --method ssp")
-        if self.amp and self.dtype != "float32":
-            raise ValueError(f"--amp computes in bfloat16 and --dtype {self.dtype} in double precision: drop one")
+        check_precision(self.amp, self.dtype)
         if self.recompute and self.backbone not in RECOMPUTE_BACKBONES:
             raise ValueError(f"--recompute works with the {' and '.join(RECOMPUTE_BACKBONES)} encoders, not "
                              f"{self.backbone}: drop it, or lower --batch-size / --size to save memory")
@@ -367,9 +367,7 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
                 out_ = net(batch["support_images"], batch["support_fg"], batch["support_bg"], batch["query_images"],
                            batch["query_labels"])
                 if ranks.world == 1:
-                    seg = segmentation_loss(_full(out_.logits), batch["query_labels"])
-                    loss = seg + config.align_weight * _full(out_.align_loss) + _full(out_.aux_loss)
-                    parts = {"loss": loss, "seg_loss": seg, "align_loss": out_.align_loss, "aux_loss": out_.aux_loss}
+                    loss, parts = step_losses(out_, batch["query_labels"], config.align_weight)
                 else:
                     loss, parts = shared_losses(out_, batch["query_labels"], config.align_weight, ranks.world)
             optimizer.zero_grad(set_to_none=True)
@@ -402,9 +400,12 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     return model.eval(), state.history
 
 
-def _full(x: torch.Tensor) -> torch.Tensor:
-    """Losses in float32 at least: autocast's bfloat16 goes up to float32, float64 (--dtype float64) stays."""
-    return x if x.dtype == torch.float64 else x.float()
+def step_losses(out_, labels: torch.Tensor, align_weight: float) -> tuple[torch.Tensor, dict]:
+    """The loss of one process's training step, segmentation + align_weight x PAR (+ SSP's auxiliary
+    losses), and its terms for the log."""
+    seg = segmentation_loss(at_least_float32(out_.logits), labels)
+    loss = seg + align_weight * at_least_float32(out_.align_loss) + at_least_float32(out_.aux_loss)
+    return loss, {"loss": loss, "seg_loss": seg, "align_loss": out_.align_loss, "aux_loss": out_.aux_loss}
 
 
 def shared_losses(out_, labels: torch.Tensor, align_weight: float, world: int) -> tuple[torch.Tensor, dict]:
@@ -418,13 +419,13 @@ def shared_losses(out_, labels: torch.Tensor, align_weight: float, world: int) -
     means over each rank's pixels, averaged over the ranks: equal to one process's when every
     share has as many labelled pixels.
     """
-    logits = _full(out_.logits)
+    logits = at_least_float32(out_.logits)
     seg_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(0, 1), ignore_index=IGNORE, reduction="sum")
     stats = torch.stack([seg_sum.detach(), (labels != IGNORE).sum().to(seg_sum.dtype),
-                         _full(out_.align_loss.detach()).to(seg_sum.device, seg_sum.dtype),
-                         _full(out_.aux_loss.detach()).to(seg_sum.device, seg_sum.dtype)])
+                         out_.align_loss.detach().to(seg_sum.device, seg_sum.dtype),
+                         out_.aux_loss.detach().to(seg_sum.device, seg_sum.dtype)])
     stats = distributed.sum_over_ranks(stats)
     pixels = stats[1].clamp_min(1)
-    loss = world * seg_sum / pixels + align_weight * _full(out_.align_loss) + _full(out_.aux_loss)
+    loss = world * seg_sum / pixels + align_weight * at_least_float32(out_.align_loss) + at_least_float32(out_.aux_loss)
     seg, align, aux = stats[0] / pixels, stats[2] / world, stats[3] / world
     return loss, {"loss": seg + align_weight * align + aux, "seg_loss": seg, "align_loss": align, "aux_loss": aux}

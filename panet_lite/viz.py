@@ -289,9 +289,8 @@ def plot_table(table: dict, folds: Sequence[int] = (0, 1, 2, 3), ax_size: tuple[
                label="ours (± std over runs)")
         if has_paper:
             theirs = [paper.get(f, np.nan) for f in folds] + [s.get("paper_mean") or np.nan]
-            in_paper = _in_paper(table["dataset"], s["ways"], s["shots"])
             ax.bar(x + width / 2, theirs, width, color=BACKGROUND_COLOR,
-                   label="paper" if in_paper else "published (not the paper's)")
+                   label="paper" if s.get("paper_in_paper", True) else "published (not the paper's)")
         setting = f"{s['ways']}-way {s['shots']}-shot"
         name = REGISTRY[table["dataset"]].title if table["dataset"] in REGISTRY else table["dataset"]
         ax.set_title(f"{PIPELINE_CHECK}: {setting}" if check else f"{name} {setting}", fontsize=10)
@@ -306,13 +305,3 @@ def plot_table(table: dict, folds: Sequence[int] = (0, 1, 2, 3), ax_size: tuple[
                      fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def _in_paper(dataset: str, ways: int, shots: int) -> bool:
-    """Whether the published number of a setting is one of PANet's paper's (paper.PaperResult.in_paper)."""
-    from .paper import paper_result
-
-    try:
-        return paper_result(dataset, ways, shots).in_paper
-    except KeyError:
-        return True
