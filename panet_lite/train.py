@@ -59,7 +59,7 @@ class TrainConfig:
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA (off reproduces the paper in fp32)")
     dtype: str = option("float32", "the precision of weights and arithmetic: the paper's float32, or float64 "
-                                   "(several times slower; for comparing process layouts and code paths, whose "
+                                   "(slower; for comparing process layouts and code paths, whose "
                                    "float32 results differ by round-off)", choices=DTYPES)
     channels_last: bool = option(False, "channels-last memory format for convolutions (faster on GPU and CPU)")
     recompute: bool = option(False, "activation checkpointing: keep only a few of the encoder's activations and "
