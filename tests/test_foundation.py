@@ -1,0 +1,111 @@
+"""The frozen DINOv2 encoder: patch tokens as a stride-14 map, frozen, input sides, weights from a file,
+and one clear line when the hub cannot be reached. Offline: ViT-S/14's real architecture, random weights."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from panet_lite.foundation import (FOUNDATION_BACKBONES, DINOv2Encoder, FoundationWeightsUnavailable, build_dinov2,
+                                   input_side, load_dinov2_weights)
+
+
+def _encoder(seed: int) -> DINOv2Encoder:
+    torch.manual_seed(seed)
+    return build_dinov2("dinov2_vits14", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return _encoder(0)
+
+
+def test_the_feature_map_is_timms_patch_tokens(encoder):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 28, 42)  # non-square: a 2 x 3 grid of patches
+    with torch.no_grad():
+        y = encoder(x)
+        tokens = encoder.vit.forward_features(x)  # (B, 1 + 6, 384): the class token, then the patches
+    assert encoder.vit.num_prefix_tokens == 1 and tokens.shape == (2, 7, 384)
+    reference = tokens[:, 1:].reshape(2, 2, 3, 384).permute(0, 3, 1, 2)  # row-major patches -> (B, C, h, w)
+    assert y.shape == (2, 384, 2, 3)
+    assert torch.equal(y, reference)
+
+
+def test_shapes_attributes_and_sides_that_are_refused(encoder):
+    assert (encoder.out_channels, encoder.stride, encoder.min_size) == (384, 14, 14)
+    assert encoder.mean == (0.485, 0.456, 0.406) and encoder.std == (0.229, 0.224, 0.225)
+    with torch.no_grad():
+        assert encoder(torch.randn(1, 3, 56, 56)).shape == (1, 384, 4, 4)
+    with pytest.raises(ValueError, match=r"^dinov2_vits14 needs image sides that are multiples of 14, got 30x42: "
+                                         r"resize to 28 or 42 for the height 30 \(input_side gives the nearest\)$"):
+        encoder(torch.randn(1, 3, 30, 42))
+    with pytest.raises(ValueError, match=r"got 7x43: resize to 14 for the height 7, 42 or 56 for the width 43"):
+        encoder(torch.randn(1, 3, 7, 43))
+    assert FOUNDATION_BACKBONES["dinov2_vitb14"].timm_name == "vit_base_patch14_dinov2.lvd142m"
+    with pytest.raises(ValueError, match=r"^unknown foundation backbone 'dinov2_vitl14'; choose one of "
+                                         r"dinov2_vits14, dinov2_vitb14$"):
+        build_dinov2("dinov2_vitl14")
+
+
+def test_frozen_and_always_in_eval_mode(encoder):
+    assert not any(p.requires_grad for p in encoder.parameters())
+    parent = torch.nn.Sequential(encoder, torch.nn.Conv2d(384, 2, 1))
+    parent.train()
+    assert parent[1].training and not any(m.training for m in encoder.modules())
+    x = torch.randn(1, 3, 28, 28, requires_grad=True)
+    parent(x).square().mean().backward()
+    assert all(p.grad is None for p in encoder.parameters())
+    assert x.grad is not None and parent[1].weight.grad is not None  # gradients still flow through it
+
+
+def test_input_side_is_the_nearest_multiple_of_14():
+    # 417 = 29 * 14 + 11: 420 is 3 away, 406 is 11; 400 = 28 * 14 + 8: 406 is 6 away, 392 is 8.
+    assert [input_side(n) for n in (417, 400, 420, 1, 6, 7, 20, 21, 22, 35, 500)] == \
+           [420, 406, 420, 14, 14, 14, 14, 28, 28, 42, 504]  # ties (7, 21, 35) go up; never below 14
+    assert input_side(12, stride=8) == 16 and input_side(11, stride=8) == 8
+
+
+def test_weights_from_a_local_file(tmp_path):
+    source, target = _encoder(1), _encoder(2)
+    x = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        expected, before = source(x), target(x)
+    assert not torch.equal(expected, before)
+    torch.save(source.state_dict(), tmp_path / "encoder.pth")  # our encoder's keys: vit.*
+    save_file(source.vit.state_dict(), str(tmp_path / "model.safetensors"))  # timm's keys, as on the hub
+    # Meta's release has timm's key names for ViT-S/B, plus the masked-image-modelling token timm drops.
+    torch.save({**source.vit.state_dict(), "mask_token": torch.zeros(1, 384)}, tmp_path / "dinov2_vits14_pretrain.pth")
+    for name in ("encoder.pth", "model.safetensors", "dinov2_vits14_pretrain.pth"):
+        target = _encoder(2)
+        load_dinov2_weights(target, tmp_path / name)
+        with torch.no_grad():
+            assert torch.equal(target(x), expected), name
+    wrong = {k.replace("blocks.", "layers."): v for k, v in source.vit.state_dict().items()}
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError) as error:
+        load_dinov2_weights(target, tmp_path / "wrong.pth")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"--pretrained {tmp_path / 'wrong.pth'}: not dinov2_vits14 weights")
+    assert "tensors missing, e.g. blocks.0." in message and "unexpected, e.g. layers.0." in message
+    with pytest.raises(FileNotFoundError, match="pretrained weights file not found"):
+        load_dinov2_weights(target, tmp_path / "absent.pth")
+
+
+def test_offline_without_a_cached_copy_says_what_where_and_how_in_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    # huggingface_hub reads these variables once, at import, into module constants that it reads per call.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(FoundationWeightsUnavailable) as error:
+        build_dinov2("dinov2_vits14", pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message and error.value.__cause__ is None and error.value.__suppress_context__
+    for part in ("timm/vit_small_patch14_dinov2.lvd142m", "88.2 MB", str(cache), "HF_HUB_OFFLINE is set",
+                 "connect to the internet once, or pass --pretrained PATH with a local copy of the file"):
+        assert part in message, part
