@@ -2,11 +2,16 @@
 
 Measures, on the device PyTorch finds (CUDA if available, else CPU):
 
-- training steps/s and peak memory of PANet VGG-16, 1-way 1-shot, 417 x 417, one episode per step
-  (fp32; on CUDA also bf16 autocast + channels_last), with the 30,000-step time it implies;
-- test throughput (episodes/s, faithful protocol: forward, argmax, IoUMeter) and the time of the
-  paper's 5 x 1,000 test episodes, with and without the data loading measured beside it;
-- data loading: one episode from a VOC-format tree of 500 x 375 JPEGs, decoded and resized to 417;
+- training steps/s and peak memory of PANet VGG-16, 1-way 1-shot and 5-shot, 417 x 417, one episode
+  per step (fp32; on CUDA also bf16 autocast + channels_last), with the 30,000-step time it implies;
+- test throughput (episodes/s, faithful protocol: forward, argmax, IoUMeter), 1-shot and 5-shot, one
+  episode per forward pass and (on CUDA) `test --batch-size auto`'s batch, with the time of the
+  paper's 5 x 1,000 test episodes;
+- data loading per worker (one thread): `EpisodeDataset`'s training episodes from a prepared VOC
+  tree (--root, or a generated tree of VOC-size JPEGs), beside a minimal loader that only decodes,
+  resizes and normalises;
+- the projection those rates give: the 8-model PASCAL-5i table's minutes on this device, as
+  `reproduce` runs it (--workers auto, loading overlapped with computation);
 - the metric alone: IoUMeter.update on 417 x 417 predictions, per 1,000 queries;
 - the course's small encoder at 64 px on the CPU (training steps/s, test episodes/s).
 
@@ -16,6 +21,7 @@ rows time the computation only. Usage (from the repository root):
     python benchmarks/benchmark.py                # full (GPU: about a minute; CPU: long)
     python benchmarks/benchmark.py --quick        # a few iterations each: minutes on a laptop CPU
     python benchmarks/benchmark.py --quick --out runs/benchmark.json
+    python benchmarks/benchmark.py --root data/pascal  # the loading rows on your prepared VOC
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -38,6 +45,7 @@ from panet_lite.episodes import EpisodeDataset, resize_pair
 from panet_lite.evaluate import predict
 from panet_lite.metrics import IoUMeter
 from panet_lite.model import PANet
+from panet_lite.runtime import test_batch_size
 from panet_lite.synthetic import SyntheticFewShot, write_voc_tree
 from panet_lite.train import segmentation_loss
 
@@ -136,11 +144,11 @@ def train_row(name: str, backbone: str, size: int, device: torch.device, steps: 
 
 
 def eval_row(name: str, backbone: str, size: int, device: torch.device, n: int, warmup: int, amp: bool = False,
-             load_seconds: float | None = None, batch_size: int = 1) -> Row:
+             batch_size: int = 1, shots: int = 1) -> Row:
     """Episodes/s of the faithful test loop: forward, argmax at the label size, IoUMeter.update."""
     torch.manual_seed(0)
     model = PANet(backbone, pretrained=False).to(device).eval()
-    batches = episode_batches(min(n + warmup, 8), size, batch_size, train=False)
+    batches = episode_batches(min(n + warmup, 8), size, batch_size, train=False, shots=shots)
     meter = IoUMeter(20)
 
     def episode(i: int) -> None:
@@ -151,27 +159,32 @@ def eval_row(name: str, backbone: str, size: int, device: torch.device, n: int, 
 
     reset_peak(device)
     seconds = timed(episode, n, warmup, device) / batch_size
-    setting = ("bf16 autocast" if amp else "fp32") + f", {size} px, batch {batch_size}, {n * batch_size} episodes"
+    setting = (("bf16 autocast" if amp else "fp32") + f", {size} px, {shots}-shot, batch {batch_size}, "
+               f"{n * batch_size} episodes")
     notes = {**peak_memory(device), "seconds_per_episode": round(seconds, 4)}
     if backbone == "vgg16":
         notes[f"minutes_for_{PAPER_TEST_EPISODES}_episodes"] = round(seconds * PAPER_TEST_EPISODES / 60, 2)
-        if load_seconds is not None:
-            notes[f"minutes_for_{PAPER_TEST_EPISODES}_episodes_with_loading"] = round(
-                (seconds + load_seconds) * PAPER_TEST_EPISODES / 60, 2)
     return Row(name, setting, 1 / seconds, "episodes/s", notes)
 
 
-def voc_like_tree(root: Path, n: int = 24, height: int = 375, width: int = 500) -> Path:
-    """A prepared VOC tree of the embedded dataset whose trainaug images are VOC-sized JPEGs (500 x 375)."""
+def voc_like_tree(root: Path, n: int = 24, height: int = 375, width: int = 500, grain: float = 16.0) -> Path:
+    """A prepared VOC tree of the embedded dataset whose trainaug images are VOC-sized JPEGs: every third
+    one portrait (width x height), the rest landscape (height x width), with seeded Gaussian grain of
+    `grain` grey levels so that the files are photograph-sized (about 80 KB each; VOC's average about
+    100 KB) and take a photograph's time to decode; masks resized to match."""
     from PIL import Image
 
     from panet_lite.pascal import PascalVOC
 
     voc = write_voc_tree(root, n_train=n, n_val=4, size=64)
     source = PascalVOC(root, "trainaug")
-    for image_id in source.ids():
-        image, label = resize_pair(*source.load(image_id), (height, width))
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=90)
+    rng = np.random.default_rng(0)
+    for k, image_id in enumerate(source.ids()):
+        shape = (width, height) if k % 3 == 2 else (height, width)
+        image, label = resize_pair(*source.load(image_id), shape)
+        pixels = image.permute(1, 2, 0).numpy() + rng.normal(0, grain, (*shape, 3))
+        Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg",
+                                                                          quality=90)
         mask = Image.open(voc / "SegmentationClassAug" / f"{image_id}.png")
         resized = Image.fromarray(label.to(torch.uint8).numpy(), mode="P")
         resized.putpalette(mask.getpalette())
@@ -179,18 +192,66 @@ def voc_like_tree(root: Path, n: int = 24, height: int = 375, width: int = 500) 
     return voc
 
 
-def loading_row(n: int, size: int) -> Row:
-    """Seconds to build one 1-way 1-shot episode from JPEG/PNG files: decode, resize, masks, normalise."""
+def minimal_episode(voc: Path, image_ids: list[str], size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The yardstick: what every loader must do for an episode's images and nothing more. PIL decode, RGB,
+    bilinear resize of the image (no antialiasing) and nearest of the mask to size x size, normalise."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from panet_lite.data import normalize
+
+    out = []
+    for image_id in image_ids:
+        with Image.open(voc / "JPEGImages" / f"{image_id}.jpg") as file:
+            pixels = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)[None].float()
+        with Image.open(voc / "SegmentationClassAug" / f"{image_id}.png") as file:
+            mask = torch.from_numpy(np.array(file))[None, None]
+        image = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        out.append((normalize(image / 255), F.interpolate(mask, size=(size, size), mode="nearest")))
+    return out
+
+
+def loader_rows(root: str | None, n: int, size: int, repeats: int = 3, images: int = 300) -> list[Row]:
+    """Episodes/s of one data-loading worker (one thread, as in a DataLoader worker): `EpisodeDataset` on
+    fold-0 1-way training episodes (1-shot and 5-shot, flips, `size` px) beside the minimal loader on the
+    1-shot episodes' images; interleaved, the median of `repeats` passes over n episodes, after one
+    untimed pass (the files in the page cache). On a prepared VOC `root`, or a generated tree."""
     from panet_lite.pascal import PascalVOC
 
-    with tempfile.TemporaryDirectory() as tmp:
-        voc_like_tree(Path(tmp))
-        source = PascalVOC(tmp, "trainaug")
-        present = [c for c, ids in zip(range(1, 21), source.class_lists(range(1, 21))) if len(ids) >= 2]
-        data = EpisodeDataset(source, present, n + 1, 1, 1, 1, seed=1234, size=size)
-        seconds = timed(lambda i: data[i], n, 1, torch.device("cpu"))
-    return Row("data: one episode from files", f"500x375 JPEG -> {size} px, {n} episodes", 1 / seconds,
-               "episodes/s", {"seconds_per_episode": round(seconds, 4)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if root is None:
+                voc_like_tree(Path(tmp), n=images)
+            tree = Path(root or tmp)
+            source = PascalVOC(tree, "trainaug")
+            voc = source.voc
+            kib = np.mean([f.stat().st_size for f in list((voc / "JPEGImages").glob("*.jpg"))[:500]]) / 1024
+            where = (f"{root}" if root else f"a generated tree of {images} VOC-size JPEGs") + f" ({kib:.0f} KiB each)"
+            lists = source.class_lists(train_classes(0))
+            classes = [c for c, ids in zip(train_classes(0), lists) if len(ids) >= 6]
+            one = EpisodeDataset(source, classes, n, 1, 1, 1, seed=1234, size=size, flip=True)
+            five = EpisodeDataset(source, classes, n, 1, 5, 1, seed=1234, size=size, flip=True)
+            ids = [[*ep.support[0], *ep.query] for ep in one.episodes]
+            timings: dict[str, list[float]] = {"ours": [], "minimal": [], "five": []}
+            for repeat in range(repeats + 1):
+                for name, fn in (("ours", lambda i: one[i]), ("minimal", lambda i: minimal_episode(voc, ids[i], size)),
+                                 ("five", lambda i: five[i])):
+                    start = time.perf_counter()
+                    for i in range(n):
+                        fn(i)
+                    if repeat:  # the first pass warms the page cache
+                        timings[name].append((time.perf_counter() - start) / n)
+    finally:
+        torch.set_num_threads(threads)
+    median = {name: sorted(t)[len(t) // 2] for name, t in timings.items()}
+    setting = f"fold-0 1-way training episodes, {size} px, flips, 1 thread, median of {repeats} x {n}"
+    return [Row("data: EpisodeDataset, 1-shot, per worker", setting, 1 / median["ours"], "episodes/s",
+                {"minimal_loader_episodes_per_s": round(1 / median["minimal"], 1),
+                 "time_ratio_to_minimal": round(median["ours"] / median["minimal"], 2), "on": where}),
+            Row("data: EpisodeDataset, 5-shot, per worker", setting, 1 / median["five"], "episodes/s",
+                {"on": where})]
 
 
 def metric_row(queries: int, size: int) -> Row:
@@ -208,38 +269,82 @@ def metric_row(queries: int, size: int) -> Row:
                "s per 1,000 queries", {"ms_per_query": round(seconds * 1000, 3)})
 
 
-def run(quick: bool, device: torch.device) -> list[Row]:
+FOLDS = 4  # PASCAL-5i: a 1-shot and a 5-shot model per fold
+
+
+def table_projection(train: dict[int, float], test: dict[int, float], load: dict[int, float], workers: int) -> dict:
+    """Minutes for the 8-model PASCAL-5i table from measured seconds per training step, per test episode
+    and per episode loaded by one worker, each by shot count (1 and 5): per fold, each model trains
+    PAPER_STEPS steps and is tested on PAPER_TEST_EPISODES episodes. With workers, loading overlaps the
+    computation and a step takes the longer of the two (its loading spread over the workers); with
+    none, the process loads and then computes, and the two add."""
+    def per(compute: float, loading: float) -> float:
+        return max(compute, loading / workers) if workers else compute + loading
+
+    train_s = FOLDS * PAPER_STEPS * sum(per(train[k], load[k]) for k in (1, 5))
+    test_s = FOLDS * PAPER_TEST_EPISODES * sum(per(test[k], load[k]) for k in (1, 5))
+    bound = {k: "loading" if workers and load[k] / workers > train[k] else "computation" for k in (1, 5)}
+    return {"minutes": round((train_s + test_s) / 60, 1), "training_minutes": round(train_s / 60, 1),
+            "test_minutes": round(test_s / 60, 1), "workers": workers,
+            "training_bound_by": f"1-shot {bound[1]}, 5-shot {bound[5]}"}
+
+
+def projection_row(seconds: dict, device: torch.device, amp: bool) -> Row:
+    """The 8-model table's time on this device (`table_projection`) from the seconds measured, as
+    `reproduce` runs it here: --workers auto, test --batch-size auto, fp32 (amp: --amp --channels-last).
+    seconds: {"train": {amp: {shots: s}}, "test": {amp: {shots: s}} (at the auto batch), "load": {shots: s}}."""
+    from panet_lite.runtime import loader_options
+
+    workers = loader_options("auto", device)["num_workers"]
+    minutes = table_projection(seconds["train"][amp], seconds["test"][amp], seconds["load"], workers)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU"
+    flags = " --amp --channels-last" if amp else ""
+    batch = test_batch_size("auto", device, per_query=False)
+    return Row(f"projection: the 8-model PASCAL-5i table{flags}", f"{where}, {PAPER_STEPS} steps and "
+               f"{PAPER_TEST_EPISODES} test episodes per model, test batch {batch}, {workers} loader workers",
+               minutes.pop("minutes"), "minutes", minutes)
+
+
+def run(quick: bool, device: torch.device, root: str | None = None) -> list[Row]:
     n = (lambda full, fast: fast if quick else full)
-    rows = [metric_row(n(1000, 200), PAPER_SIZE)]
-    print(f"  {rows[-1].name}: {rows[-1].value:.2f} {rows[-1].unit}", file=sys.stderr)
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        print(f"  {row.name} ({row.setting}): {row.value:.3g} {row.unit}", file=sys.stderr)
+
+    rows: list[Row] = []
+    add(metric_row(n(1000, 200), PAPER_SIZE))
     cpu = torch.device("cpu")
-    small = [train_row("train: small encoder, CPU", "small", 64, cpu, n(200, 30), n(10, 3), lr=0.01),
-             eval_row("test: small encoder, CPU", "small", 64, cpu, n(200, 30), n(10, 3)),
-             eval_row("test: small encoder, CPU", "small", 64, cpu, n(8, 2), 1, batch_size=25)]
-    for r in small:
-        print(f"  {r.name}: {r.value:.2f} {r.unit}", file=sys.stderr)
-    rows += small
-    rows.append(loading_row(n(50, 10), PAPER_SIZE))
-    load_seconds = 1 / rows[-1].value
-    print(f"  {rows[-1].name}: {rows[-1].value:.2f} {rows[-1].unit}", file=sys.stderr)
+    add(train_row("train: small encoder, CPU", "small", 64, cpu, n(200, 30), n(10, 3), lr=0.01))
+    add(eval_row("test: small encoder, CPU", "small", 64, cpu, n(200, 30), n(10, 3)))
+    add(eval_row("test: small encoder, CPU", "small", 64, cpu, n(8, 2), 1, batch_size=25))
+    seconds: dict = {"train": {False: {}, True: {}}, "test": {False: {}, True: {}}, "load": {}}
+    for shots, row in zip((1, 5), loader_rows(root, n(100, 10), PAPER_SIZE, images=n(300, 40))):
+        add(row)
+        seconds["load"][shots] = 1 / row.value
     precisions = [False, True] if device.type == "cuda" else [False]
+    auto = test_batch_size("auto", device, per_query=False)
     for amp in precisions:
-        r = eval_row("test: PANet VGG-16 1-way 1-shot", "vgg16", PAPER_SIZE, device, n(100, 2), n(5, 1), amp,
-                     load_seconds)
-        print(f"  {r.name} ({r.setting}): {r.value:.3f} {r.unit}", file=sys.stderr)
-        rows.append(r)
+        for shots in (1, 5):
+            for batch in sorted({1, auto}):
+                add(eval_row(f"test: PANet VGG-16 1-way {shots}-shot", "vgg16", PAPER_SIZE, device,
+                             max(1, n(100, 2) // batch), n(5, 1), amp, batch_size=batch, shots=shots))
+            seconds["test"][amp][shots] = 1 / rows[-1].value  # at the auto batch (the larger)
     # 1-shot, then 5-shot (on a CPU the process's peak memory only grows: smallest first).
     for shots in (1, 5):
         for amp in precisions:
-            r = train_row(f"train: PANet VGG-16 1-way {shots}-shot", "vgg16", PAPER_SIZE, device, n(50, 2),
-                          n(5, 1), amp, channels_last=amp, shots=shots)
-            print(f"  {r.name} ({r.setting}): {r.value:.3f} {r.unit}", file=sys.stderr)
-            rows.append(r)
+            add(train_row(f"train: PANet VGG-16 1-way {shots}-shot", "vgg16", PAPER_SIZE, device, n(50, 2),
+                          n(5, 1), amp, channels_last=amp, shots=shots))
+            seconds["train"][amp][shots] = 1 / rows[-1].value
     if device.type == "cuda":
-        r = train_row("train: PANet VGG-16 1-way 5-shot", "vgg16", PAPER_SIZE, device, n(50, 2), n(5, 1), True,
-                      channels_last=True, shots=5, recompute=True)
-        print(f"  {r.name} ({r.setting}): {r.value:.3f} {r.unit}", file=sys.stderr)
-        rows.append(r)
+        add(train_row("train: PANet VGG-16 1-way 5-shot", "vgg16", PAPER_SIZE, device, n(50, 2), n(5, 1), True,
+                      channels_last=True, shots=5, recompute=True))
+    for amp in precisions:
+        add(projection_row(seconds, device, amp))
+        r = rows[-1]
+        print(f"the 8-model PASCAL-5i table{' with --amp --channels-last' if amp else ''}: {r.value:.0f} minutes on "
+              f"{r.setting.split(',')[0]} (training {r.notes['training_minutes']:.0f}, tests "
+              f"{r.notes['test_minutes']:.0f})", file=sys.stderr)
     return rows
 
 
@@ -270,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own)")
     parser.add_argument("--out", help="also write the results as JSON to this file")
+    parser.add_argument("--root", help="a prepared VOC tree (`prepare pascal`) for the data-loading rows (default: a "
+                                       "generated tree of VOC-size JPEGs)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -278,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     info = describe(device)
     print(f"benchmarking on {info.get('gpu', 'CPU')} ...", file=sys.stderr)
     start = time.perf_counter()
-    rows = run(args.quick, device)
+    rows = run(args.quick, device, args.root)
     info["seconds"] = round(time.perf_counter() - start, 1)
     info["load_average_1min"] = max(info["load_average_1min"], round(os.getloadavg()[0], 2))
     print(markdown(rows, info, args.quick))

@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default=None, type=int_tuple(0), help="comma-separated GPU ids: run the (fold, shots) "
                    "jobs side by side, one per GPU at a time, each in its own process (default: one after the "
                    "other on --device)")
-    # --size, --device, --amp, --dtype, --batch-size and --workers apply to training and testing alike; --seed
-    # is the training seed and --test-seed the test sampler's, so a new training seed keeps the test episodes.
+    # --size, --device, --amp, --dtype, --batch-size (where given; else the test picks its own) and --workers apply
+    # to training and testing alike; --seed is the training seed and --test-seed the test sampler's, so a new
+    # training seed keeps the test episodes.
     add_options(p, TrainConfig, skip=("shots", "ways", "queries", "size", "device", "amp", "dtype"))
     add_options(p, EvalConfig, skip=("ways", "shots", "queries", "batch_size", "workers", "save_episodes"))
 
@@ -357,6 +358,13 @@ def seen_classes(ckpt: dict, bench, fold: int, path, allow: bool) -> list[int]:
     return seen
 
 
+def _reproduce_configs(args):
+    """reproduce's training and test settings: a --batch-size given applies to both; otherwise training
+    takes the recipe's and the test its own (auto: 8 episodes per forward pass on a GPU)."""
+    train_cfg, eval_cfg = _train_config(args), _eval_config(args)
+    return train_cfg, eval_cfg if _given(args, "batch_size") else replace(eval_cfg, batch_size="auto")
+
+
 def cmd_reproduce(args) -> int:
     from .reproduce import markdown, reproduce, runs_folder
 
@@ -364,7 +372,7 @@ def cmd_reproduce(args) -> int:
         raise ValueError("reproduce is not run under torchrun: it runs its (fold, shots) jobs side by side on "
                          "several GPUs with --gpus 0,1,...; torchrun is for one `train` or `test`")
     folds, shots = list(args.folds), list(args.shot_list)
-    train_cfg, eval_cfg = _train_config(args), _eval_config(args)
+    train_cfg, eval_cfg = _reproduce_configs(args)
     out = args.out or runs_folder(args.dataset, train_cfg.method)
     if args.gpus and _given(args, "device"):
         raise ValueError("--gpus picks each job's GPU: drop --device")

@@ -19,8 +19,8 @@ from .files import DataError, ensure_writable_file
 from .metrics import IoUMeter, mean_std
 from .model import PANet
 from .options import check_options, none_or, option
-from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, autocast, check_precision, loader_options,
-                      parse_workers)
+from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, auto_or_int, autocast, check_precision,
+                      loader_options, test_batch_size)
 from .supports import SUPPORT_HELP, SUPPORTS
 
 
@@ -50,7 +50,9 @@ class EvalConfig:
     original_size: bool = option(False, "hsnet protocol: score each query at its original size instead of "
                                         "400 x 400 (HSNet's use_original_imgsize)")
     support: str = option("dense", SUPPORT_HELP, choices=SUPPORTS)
-    batch_size: int = option(1, "episodes per forward pass (results do not depend on it)", at_least=1)
+    batch_size: int | str = option("auto", "episodes per forward pass, or auto: 8 on a GPU (1 where each query is "
+                                           "scored at its own size), 1 on the CPU; the results do not depend on it",
+                                   parse=auto_or_int, at_least=1)
     device: str = option("auto", DEVICE_HELP)
     amp: bool = option(False, "bfloat16 autocast on CUDA")
     dtype: str = option("float32", "the precision of the test's arithmetic: float32, or float64 (slower; the "
@@ -59,7 +61,7 @@ class EvalConfig:
     compile: bool = option(False, "torch.compile the model's encoder (in place) before testing: a minute or two "
                                   "to compile, then faster forwards (on 2 CPU cores about 15%; "
                                   "benchmarks/compare.py --compile measures yours)")
-    workers: int | str = option("auto", WORKERS_HELP, parse=parse_workers, at_least=0)
+    workers: int | str = option("auto", WORKERS_HELP, parse=auto_or_int, at_least=0)
     save_episodes: str | None = option(None, "file to write the drawn episodes (image ids) to, as JSON; none "
                                              "writes nothing", parse=none_or(str))
 
@@ -169,7 +171,8 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
     if config.original_size and not hsnet:
         raise ValueError("--original-size applies to --protocol hsnet (standard always scores at the original "
                          "size, faithful at --size)")
-    if full_size and (config.batch_size != 1 or config.queries != 1):
+    batch_size = test_batch_size(config.batch_size, distributed.device(config.device), full_size)
+    if full_size and (batch_size != 1 or config.queries != 1):
         raise ValueError(f"the {config.protocol} protocol scores each query at its own size here: use "
                          f"--batch-size 1 and --queries 1")
     if episodes is not None and config.runs != 1:
@@ -206,7 +209,7 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
         # HSNet's too: per class, fg and bg intersection and union summed over episodes, 255 left out.
         meters = {key: IoUMeter(source.num_classes, count_absent_fp=config.protocol != "faithful") for key in models}
         mine = dataset if ranks.world == 1 else Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
-        loader = DataLoader(mine, batch_size=config.batch_size, **loader_options(config.workers, device))
+        loader = DataLoader(mine, batch_size=batch_size, **loader_options(config.workers, device))
         for batch in tqdm(loader, disable=not progress, desc=f"test run {run + 1}/{config.runs}", leave=False):
             target = batch["query_labels_full"] if full_size else batch["query_labels"]
             for key, m in models.items():

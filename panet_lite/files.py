@@ -63,7 +63,8 @@ def write_text_if_changed(path: Path, text: str) -> bool:
 
 
 def read_rgb(path: Path) -> torch.Tensor:
-    """An image file as a `(3, H, W)` uint8 RGB tensor."""
+    """An image file as a `(3, H, W)` uint8 RGB tensor, laid out as the file decodes (height, width, channel
+    in memory: channels_last strides), so that no copy reorders it; `.contiguous()` gives the planar layout."""
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("RGB"))
@@ -71,7 +72,7 @@ def read_rgb(path: Path) -> torch.Tensor:
         raise DataError(f"missing image {path}") from None
     except Exception as error:
         raise DataError(f"unreadable image {path} ({error}); replace it with a complete copy") from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W), channels_last strides
 
 
 def image_size(path: Path, fix: str) -> tuple[int, int]:

@@ -9,15 +9,26 @@ import torch
 
 DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"  # the --device option of every config
 DTYPES = ("float32", "float64")  # --dtype: the paper's precision, or double for comparisons without round-off
-WORKERS_HELP = ("DataLoader worker processes, or auto: on a GPU one per CPU core (at most 8), kept alive between "
-                "runs, with pinned memory and prefetch; on the CPU 0 (the cores compute, the main process loads). "
-                "The episodes, weights and numbers are the same whatever the count")
+WORKERS_HELP = ("DataLoader worker processes, or auto: on a GPU one per CPU core (at most 8), with pinned memory and "
+                "4 batches in flight each; on the CPU 0 (the cores compute, the main process loads). The episodes, "
+                "weights and numbers are the same whatever the count")
 MAX_AUTO_WORKERS = 8
 
 
-def parse_workers(text: str) -> int | str:
-    """--workers: "auto" or a count."""
+def auto_or_int(text: str) -> int | str:
+    """--workers, test's --batch-size: "auto" or a count."""
     return "auto" if text.lower() == "auto" else int(text)
+
+
+AUTO_TEST_BATCH = 8  # test --batch-size auto on a GPU: episodes per forward pass
+
+
+def test_batch_size(batch_size: int | str, device: torch.device, per_query: bool) -> int:
+    """test's --batch-size: a count as given; auto is AUTO_TEST_BATCH episodes per forward pass on a GPU
+    (one episode leaves most of it idle) and 1 on the CPU or where each query is scored at its own size."""
+    if batch_size != "auto":
+        return batch_size
+    return AUTO_TEST_BATCH if device.type == "cuda" and not per_query else 1
 
 
 def cpu_cores() -> int:

@@ -20,8 +20,8 @@ from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .model import METHODS, PANet
 from .options import check_options, none_or, option, parse_bool_or_path, parse_int_tuple
-from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, autocast, check_precision, loader_options,
-                      parse_workers)
+from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, auto_or_int, autocast, check_precision,
+                      loader_options)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class TrainConfig:
     recompute: bool = option(False, "activation checkpointing: keep only a few of the encoder's activations and "
                                     "recompute the others in backward (less memory, one more encoder forward "
                                     "per step; vgg16 and small)")
-    workers: int | str = option("auto", WORKERS_HELP, parse=parse_workers, at_least=0)
+    workers: int | str = option("auto", WORKERS_HELP, parse=auto_or_int, at_least=0)
     log_every: int = option(50, "steps between log lines", at_least=1)
     checkpoint_every: int = option(1000, "steps between checkpoints (one is always written at the end)", at_least=1)
 

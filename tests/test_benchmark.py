@@ -56,3 +56,43 @@ def test_the_set_based_metric_is_panets_meter():
         fast.update(pred, target, ids)
         slow.update(pred, target, ids)
     torch.testing.assert_close(fast.class_iou(), slow.class_iou(), rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_the_table_projection_is_the_arithmetic_of_the_measured_rates():
+    """8 models: per fold 30,000 steps and 5,000 test episodes at 1 and at 5 shots. With workers a step
+    takes the longer of its computation and its loading spread over them; without, the two add."""
+    from benchmark import table_projection
+
+    train, test, load = {1: 0.01, 5: 0.03}, {1: 0.004, 5: 0.01}, {1: 0.01, 5: 0.03}
+    got = table_projection(train, test, load, workers=8)  # computation-bound: 4 x 30,000 x 0.04 s = 80 min
+    assert (got["training_minutes"], got["test_minutes"]) == (80.0, round(4 * 5000 * 0.014 / 60, 1))
+    assert got["minutes"] == round(80 + 4 * 5000 * 0.014 / 60, 1)
+    slow = table_projection(train, test, {1: 0.1, 5: 0.3}, workers=8)  # loading-bound: 0.1 / 8 > 0.01
+    assert slow["training_minutes"] == 4 * 30000 * (0.1 / 8 + 0.3 / 8) / 60
+    assert slow["training_bound_by"] == "1-shot loading, 5-shot loading"
+    alone = table_projection(train, test, load, workers=0)
+    assert alone["training_minutes"] == round(4 * 30000 * (0.02 + 0.06) / 60, 1)
+
+
+def test_the_loader_rows_time_episode_dataset_beside_the_minimal_loader_on_voc_size_jpegs(tmp_path):
+    """The generated tree holds VOC-size JPEGs (landscape and portrait) that the minimal loader reads as
+    EpisodeDataset does, and the rows report both rates and their ratio."""
+    from benchmark import loader_rows, minimal_episode, voc_like_tree
+    from PIL import Image
+
+    from panet_lite.episodes import EpisodeDataset
+    from panet_lite.pascal import PascalVOC
+
+    voc = voc_like_tree(tmp_path, n=40)
+    sizes = {Image.open(p).size for p in (voc / "JPEGImages").glob("trainaug-*.jpg")}
+    assert sizes == {(500, 375), (375, 500)}
+    source = PascalVOC(tmp_path, "trainaug")
+    image_id = source.ids()[0]
+    (image, label), = minimal_episode(voc, [image_id], 40)
+    ours = EpisodeDataset(source, [1], 1, episodes=[], size=40)._load(image_id, False, [])
+    assert torch.equal(label[0, 0].long(), ours[1].long())
+    assert image.shape == (1, 3, 40, 40)
+    one, five = loader_rows(str(tmp_path), n=2, size=40, repeats=1)
+    assert one.value > 0 and five.value > 0
+    ratio = one.notes["minimal_loader_episodes_per_s"] / one.value  # rates are rounded to 0.1, the ratio to 0.01
+    assert one.notes["time_ratio_to_minimal"] == pytest.approx(ratio, abs=0.02)

@@ -426,3 +426,12 @@ def test_a_protocol_fills_the_test_flags_not_given():
     config = _eval_config(parse(["test", "--dataset", "synthetic", "--fold", "0", "--protocol", "hsnet",
                                  "--test-seed", "5"]))
     assert (config.seed, config.runs, config.episodes, config.size) == (5, 1, 1000, 400)
+
+
+@pytest.mark.parametrize("argv, train_batch, test_batch", [
+    ([], 1, "auto"), (["--method", "mlc"], 4, "auto"), (["--batch-size", "2"], 2, 2)])
+def test_reproduce_s_test_batches_as_it_picks_unless_a_batch_size_is_given(argv, train_batch, test_batch):
+    from panet_lite.cli import _reproduce_configs, parse
+
+    train_cfg, eval_cfg = _reproduce_configs(parse(["reproduce", "--dataset", "synthetic", *argv]))
+    assert (train_cfg.batch_size, eval_cfg.batch_size) == (train_batch, test_batch)

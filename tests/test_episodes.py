@@ -132,24 +132,28 @@ def test_images_of_several_sizes_without_a_size_are_one_clear_error():
 
 
 def test_episodes_are_the_straightforward_loader_s_tensors(tmp_path):
-    """EpisodeDataset's fast path (grey levels kept as floats, normalised in place, masks by comparisons)
-    gives, to the last bit, the tensors of the plain loader written here: decode, resize the image
-    bilinearly with antialiasing to whole grey levels (uint8) and the label by nearest neighbour,
-    flip, masks with torch.isin, relabel with boolean indexing, normalise."""
+    """EpisodeDataset's fast path (images decoded into their channels_last layout and resized as uint8,
+    labels resized and masked as uint8, normalised in place, masks by comparisons) gives, to the last
+    bit, the tensors of the plain loader written here: PIL decode into planar int64/uint8 tensors,
+    antialiased bilinear to uint8 and nearest through float, flip, masks with torch.isin, relabel
+    with boolean indexing, normalise. Upsampled (57 px) and downsampled (31 px) episodes."""
     import torch.nn.functional as F
+    from PIL import Image
 
     from panet_lite.data import IGNORE, normalize
     from panet_lite.pascal import PascalVOC
     from panet_lite.synthetic import write_voc_tree
 
-    write_voc_tree(tmp_path, n_train=60, n_val=4, size=48)
+    voc = write_voc_tree(tmp_path, n_train=60, n_val=4, size=48)
     source = PascalVOC(tmp_path, "trainaug")
     present = [c for c, ids in zip(range(1, 21), source.class_lists(range(1, 21))) if len(ids) >= 3]
 
     def plain(image_id, flip, size):
-        image, label = source.load(image_id)
-        img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-        img = img[0].round().clamp(0, 255).to(torch.uint8)
+        with Image.open(voc / "JPEGImages" / f"{image_id}.jpg") as file:
+            image = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1).contiguous()
+        with Image.open(voc / "SegmentationClassAug" / f"{image_id}.png") as file:
+            label = torch.from_numpy(np.array(file)).long()
+        img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
         return (img.flip(-1), lab.flip(-1)) if flip else (img, lab)
 
@@ -160,8 +164,8 @@ def test_episodes_are_the_straightforward_loader_s_tensors(tmp_path):
             out[label == c] = w + 1
         return out
 
-    for faithful in (True, False):
-        data = EpisodeDataset(source, present, 3, n_ways=2, n_shots=2, n_queries=2, seed=3, size=57,
+    for faithful, side in ((True, 57), (False, 57), (True, 31)):
+        data = EpisodeDataset(source, present, 3, n_ways=2, n_shots=2, n_queries=2, seed=3, size=side,
                               flip=True, faithful=faithful)
         for index, ep in enumerate(data.episodes):
             item = data[index]
@@ -169,7 +173,7 @@ def test_episodes_are_the_straightforward_loader_s_tensors(tmp_path):
             gen = torch.Generator().manual_seed(data.seed * 1_000_003 + index)
             ids = [i for shots in ep.support for i in shots] + ep.query
             flips = (torch.rand(len(ids), generator=gen) < 0.5).tolist()
-            loaded = [plain(i, f, (57, 57)) for i, f in zip(ids, flips)]
+            loaded = [plain(i, f, (side, side)) for i, f in zip(ids, flips)]
             for j, (image, label) in enumerate(loaded[:4]):
                 w, k = divmod(j, 2)
                 bg = ~torch.isin(label, torch.tensor(classes))
@@ -180,3 +184,50 @@ def test_episodes_are_the_straightforward_loader_s_tensors(tmp_path):
             for q, (image, label) in enumerate(loaded[4:]):
                 assert torch.equal(item["query_images"][q], normalize(image))
                 assert torch.equal(item["query_labels"][q], relabel(label, classes))
+            assert item["query_labels"].dtype == torch.int64
+
+
+RESIZE_DIGEST = """
+import hashlib, torch
+from panet_lite.episodes import resize_pair
+g = torch.Generator().manual_seed(0)
+digest = hashlib.sha256()
+for h, w, size in ((375, 500, 417), (333, 500, (400, 400)), (60, 90, 31)):
+    image = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).permute(2, 0, 1)
+    image = torch.nn.functional.avg_pool2d(image[None].float(), 3, 1, 1)[0].round().to(torch.uint8)  # smooth
+    digest.update(resize_pair(image, torch.zeros(h, w, dtype=torch.uint8), size)[0].contiguous().numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_default_resize_is_pils_filter_and_the_same_bytes_on_every_cpu_kernel():
+    """The default image resize (PyTorch's antialiased bilinear on uint8) is PIL's bilinear filter,
+    which the authors' torchvision `Resize` applies, in fixed point: never more than one grey level
+    apart, and apart on fewer values than the same filter in float arithmetic rounded (the loader's
+    earlier way), upsampling, downsampling and both at once; and its integer arithmetic gives the
+    same bytes under PyTorch's plain CPU kernels as under the vectorised ones this machine picks."""
+    import os
+    import subprocess
+    import sys
+
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from panet_lite.episodes import resize_pair
+
+    g = torch.Generator().manual_seed(1)
+    for h, w, size in ((375, 500, 417), (500, 333, 417), (48, 48, 57), (90, 120, 31)):
+        noise = torch.randint(0, 256, (1, 3, h, w), generator=g).float()
+        image = F.avg_pool2d(noise, 5, 1, 2)[0].round().to(torch.uint8)  # (3, h, w), some smoothness
+        ours, _ = resize_pair(image, torch.zeros(h, w, dtype=torch.uint8), size)
+        pil = np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size, size), Image.BILINEAR))
+        pil = torch.from_numpy(pil.copy()).permute(2, 0, 1).int()
+        rounded = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+        rounded = rounded.round().clamp(0, 255).int()
+        assert (ours.int() - pil).abs().max() <= 1
+        assert (ours.int() != pil).sum() <= (rounded != pil).sum(), (h, w, size)
+    run = lambda env: subprocess.run([sys.executable, "-c", RESIZE_DIGEST], capture_output=True, text=True,
+                                     check=True, env={**os.environ, **env}).stdout
+    assert run({"ATEN_CPU_CAPABILITY": "default"}) == run({})
+
+

@@ -199,6 +199,17 @@ def test_workers_auto_loads_in_the_main_process_on_cpu_and_with_a_share_of_the_c
     assert TrainConfig().workers == "auto" and EvalConfig().workers == "auto"
 
 
+def test_the_test_batches_episodes_on_cuda_only_where_queries_share_a_size():
+    from panet_lite.runtime import AUTO_TEST_BATCH, test_batch_size
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert EvalConfig().batch_size == "auto" and AUTO_TEST_BATCH == 8
+    assert test_batch_size("auto", cuda, per_query=False) == 8
+    assert test_batch_size("auto", cpu, per_query=False) == 1
+    assert test_batch_size("auto", cuda, per_query=True) == 1  # standard protocol: each query at its own size
+    assert test_batch_size(3, cuda, per_query=False) == 3
+
+
 def test_the_same_weights_and_numbers_whatever_the_number_of_workers(source, tmp_path):
     runs = {}
     for workers in (0, 2):  # each episode is a function of its index: worker processes draw the same ones
