@@ -13,7 +13,8 @@ from inspect import signature
 from . import distributed
 from .demo import DemoConfig
 from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
-from .options import add_options, dest, int_tuple, pick
+from .encoders import FROZEN_BACKBONES
+from .options import add_options, dest, int_tuple, parse_bool_or_path, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
 from .train import METHOD_DEFAULTS, TrainConfig
 
@@ -102,9 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     add_options(p, EvalConfig)
     p.add_argument("--checkpoint", help="checkpoint.pt written by `train`")
-    p.add_argument("--notrain", action="store_true", help="no checkpoint: ImageNet features only (paper's baseline)")
-    p.add_argument("--backbone", default="vgg16", choices=("vgg16", "resnet50"),
-                   help="encoder for --notrain (default: %(default)s)")
+    p.add_argument("--notrain", action="store_true", help="no checkpoint: pretrained features only, no training "
+                   "(with vgg16, the paper's ImageNet baseline)")
+    p.add_argument("--backbone", default="vgg16", choices=("vgg16", "resnet50", *FROZEN_BACKBONES),
+                   help="encoder for --notrain: vgg16 or resnet50 (torchvision's ImageNet weights), or a frozen "
+                        "DINOv2 ViT, dinov2_vits14 (88 MB of weights) or dinov2_vitb14 (346 MB), downloaded once "
+                        "into the Hugging Face cache (default: %(default)s)")
+    p.add_argument("--pretrained", default=True, type=parse_bool_or_path,
+                   help="--notrain's weights: true downloads them, a path reads a local copy, false keeps random "
+                        "weights (to try the pipeline offline; the report says it is not a result) (default: true)")
     p.add_argument("--allow-seen-classes", action="store_true",
                    help="test a checkpoint on a fold whose classes it was trained on (refused by default: such "
                         "a number is not a few-shot result; the report says so)")
@@ -279,7 +286,9 @@ def cmd_test(args) -> int:
 
     cfg = _eval_config(args)
     if not (args.notrain or args.checkpoint):
-        raise ValueError("give --checkpoint RUN/checkpoint.pt, or --notrain for ImageNet features only")
+        raise ValueError("give --checkpoint RUN/checkpoint.pt, or --notrain for pretrained features only")
+    if not args.notrain and "pretrained" in args.given:
+        raise ValueError("--pretrained chooses --notrain's weights; a --checkpoint holds its own: drop --pretrained")
     if cfg.protocol == "standard" and cfg.save_episodes is None:
         name = standard_episodes_name(args.fold, cfg.shots, cfg.ways)
         cfg = replace(cfg, save_episodes=f"runs/{args.dataset}/{name}")
@@ -289,7 +298,7 @@ def cmd_test(args) -> int:
     bench = benchmark(args.dataset)
     seen: list[int] = []
     if args.notrain:
-        model = PANet(args.backbone, pretrained=True)
+        model = PANet(args.backbone, pretrained=args.pretrained)
     else:
         ckpt = load_checkpoint(args.checkpoint)
         seen = seen_classes(ckpt, bench, args.fold, args.checkpoint, args.allow_seen_classes)
@@ -314,6 +323,9 @@ def cmd_test(args) -> int:
         print(f"  episodes saved to {cfg.save_episodes}")
     if seen:
         print(f"  NOT a few-shot result: the checkpoint was trained on test classes {seen} (--allow-seen-classes)")
+    if args.notrain:
+        print(f"  no training: {args.backbone}'s " + ("pretrained features" if args.pretrained else
+              "RANDOM weights (--pretrained false): NOT a result, a check that the pipeline runs"))
     if args.json:
         print(_json_line({**result.as_dict(), "seen_classes": seen}))
     return 0

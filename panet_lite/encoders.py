@@ -297,15 +297,27 @@ def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = Tr
     return True
 
 
-BACKBONES = ("vgg16", "resnet50", "resnet50-deepstem", "small")
+BACKBONES = ("vgg16", "resnet50", "resnet50-deepstem", "small")  # the encoders `train` trains
+FROZEN_BACKBONES = ("dinov2_vits14", "dinov2_vitb14")  # DINOv2 patch features (foundation.py), stride 14, never trained
 OUTPUT_STRIDE = 8  # every encoder maps an n-pixel side to ceil(n / 8) feature pixels
 # The smallest image side with at least 2 feature pixels per side: on a 1 x 1 feature map the
 # foreground and background prototypes are the same vector, and training stalls at loss ln 2.
 MIN_IMAGE_SIZE = OUTPUT_STRIDE + 1
 
 
+def min_image_size(encoder: nn.Module) -> int:
+    """The smallest image side `encoder` maps to 2 feature pixels a side (its own `min_size` where it
+    declares one, e.g. DINOv2's 21; else MIN_IMAGE_SIZE)."""
+    return getattr(encoder, "min_size", MIN_IMAGE_SIZE)
+
+
 def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_layer: str = "layer3") -> nn.Module:
-    """The encoder named by `backbone`: "vgg16" (the paper's), "resnet50", "resnet50-deepstem" or "small"."""
+    """The encoder named by `backbone`: "vgg16" (the paper's), "resnet50", "resnet50-deepstem", "small", or
+    a frozen DINOv2 ViT ("dinov2_vits14", "dinov2_vitb14"; `pretrained` True downloads DINOv2's weights)."""
+    if backbone in FROZEN_BACKBONES:
+        from .foundation import build_dinov2
+
+        return build_dinov2(backbone, pretrained)
     if backbone == "vgg16":
         encoder = VGG16Encoder()
         if pretrained:
@@ -320,7 +332,7 @@ def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_l
             raise ValueError("the small encoder has no ImageNet weights: use pretrained=False (--pretrained false; "
                              "`test --notrain` needs --backbone vgg16 or resnet50)")
         return SmallEncoder()
-    raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES + FROZEN_BACKBONES)}")
 
 
 RECOMPUTE_BACKBONES = ("vgg16", "small")  # the Sequential encoders, which recompute_pieces can cut

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .files import load_torch_file
@@ -60,24 +61,19 @@ def input_side(size: int, stride: int = PATCH_SIZE) -> int:
     return max(stride, (size + stride // 2) // stride * stride)
 
 
-def _valid_sides(side: int, stride: int) -> str:
-    """The multiples of `stride` either side of `side` (at least `stride`), e.g. "28 or 42"."""
-    below = max(stride, side // stride * stride)
-    above = max(stride, -(-side // stride) * stride)
-    return str(below) if below == above else f"{below} or {above}"
-
-
 class DINOv2Encoder(nn.Module):
     """A frozen DINOv2 ViT: (B, 3, H, W) -> (B, C, H/14, W/14), C = 384 (ViT-S/14) or 768 (ViT-B/14).
 
     The input is normalised with `mean` and `std` (ImageNet's, as timm's pretrained_cfg gives them)
-    and H, W are multiples of 14 (`input_side`); timm's `dynamic_img_size` interpolates the position
+    and resized to sides that are multiples of 14 (`fit`, `input_side`); timm's `dynamic_img_size` interpolates the position
     embeddings, learned on a 37 x 37 grid (518 px), to each input's grid. Built with random weights:
     `load_dinov2_weights` (or `build_dinov2`) loads DINOv2's.
     """
 
     stride = PATCH_SIZE
-    min_size = PATCH_SIZE
+    # The smallest image side with 2 patches a side after `fit` (21 -> 28): on a 1 x 1 feature map the
+    # foreground and background prototypes would be the same vector.
+    min_size = 21
 
     def __init__(self, name: str = "dinov2_vits14") -> None:
         super().__init__()
@@ -99,14 +95,20 @@ class DINOv2Encoder(nn.Module):
         # must not switch on drop-path or dropout in here.
         return super().train(False)
 
+    def fit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) resized (bilinear, antialiased) to the nearest sides that are multiples of
+        14 (`input_side`), e.g. 417 -> 420; unchanged where they already are. Masks stay at the image's
+        own resolution: PANet's pooling brings the features to them."""
+        side = (input_side(x.shape[-2]), input_side(x.shape[-1]))
+        if side == tuple(x.shape[-2:]):
+            return x
+        return F.interpolate(x, size=side, mode="bilinear", align_corners=False, antialias=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W), normalised, sides multiples of 14 -> (B, C, H/14, W/14) patch features."""
+        """(B, 3, H, W), normalised -> (B, C, H'/14, W'/14) patch features, H' and W' the sides `fit`
+        resizes to (timm's dynamic_img_size would otherwise drop the pixels past the last whole patch)."""
+        x = self.fit(x)
         h, w = x.shape[-2:]
-        bad = [(what, n) for what, n in (("height", h), ("width", w)) if n % self.stride or n < self.min_size]
-        if bad:
-            fixes = ", ".join(f"{_valid_sides(n, self.stride)} for the {what} {n}" for what, n in bad)
-            raise ValueError(f"{self.name} needs image sides that are multiples of {self.stride}, got {h}x{w}: "
-                             f"resize to {fixes} (input_side gives the nearest)")
         tokens = self.vit.forward_features(x)  # (B, prefix + h*w, C): class token first, patches row by row
         patches = tokens[:, self.vit.num_prefix_tokens:]
         return patches.transpose(1, 2).reshape(x.shape[0], self.out_channels, h // self.stride, w // self.stride)

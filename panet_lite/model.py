@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from .alignment import alignment_loss, support_target
 from .data import IGNORE
 from .episodes import size_mismatch
-from .encoders import MIN_IMAGE_SIZE, build_encoder, recompute_pieces
+from .encoders import build_encoder, min_image_size, recompute_pieces
 from .matching import ALPHA, prototype_scores, upsample_scores
 from .pooling import downsampled_mask_pool, episode_prototypes, masked_average_pool
 from .ssp import SSP_SCALE, ssp_match, two_way_scores
@@ -113,9 +113,11 @@ class PANet(nn.Module):
         B, N, K = support_images.shape[:3]
         Q = query_images.shape[1]
         images = torch.cat([support_images.flatten(0, 2), query_images.flatten(0, 1)])
-        if min(images.shape[-2:]) < MIN_IMAGE_SIZE:  # 1 feature pixel a side: fg and bg prototypes coincide
+        smallest = min_image_size(self.encoder)
+        if min(images.shape[-2:]) < smallest:  # 1 feature pixel a side: fg and bg prototypes coincide
+            stride = getattr(self.encoder, "stride", 8)
             raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} pixels are too small for the "
-                             f"stride-8 encoder: use at least {MIN_IMAGE_SIZE} pixels a side (--size)")
+                             f"stride-{stride} encoder: use at least {smallest} pixels a side (--size)")
         feats = self._run_encoder(images)
         return feats[: B * N * K].unflatten(0, (B, N, K)), feats[B * N * K:].unflatten(0, (B, Q))
 

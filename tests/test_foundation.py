@@ -1,5 +1,10 @@
 """The frozen DINOv2 encoder: patch tokens as a stride-14 map, frozen, input sides, weights from a file,
 and one clear line when the hub cannot be reached. Offline: ViT-S/14's real architecture, random weights."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -30,16 +35,16 @@ def test_the_feature_map_is_timms_patch_tokens(encoder):
     assert torch.equal(y, reference)
 
 
-def test_shapes_attributes_and_sides_that_are_refused(encoder):
-    assert (encoder.out_channels, encoder.stride, encoder.min_size) == (384, 14, 14)
+def test_shapes_attributes_and_sides_resized_to_whole_patches(encoder):
+    assert (encoder.out_channels, encoder.stride, encoder.min_size) == (384, 14, 21)
     assert encoder.mean == (0.485, 0.456, 0.406) and encoder.std == (0.229, 0.224, 0.225)
     with torch.no_grad():
         assert encoder(torch.randn(1, 3, 56, 56)).shape == (1, 384, 4, 4)
-    with pytest.raises(ValueError, match=r"^dinov2_vits14 needs image sides that are multiples of 14, got 30x42: "
-                                         r"resize to 28 or 42 for the height 30 \(input_side gives the nearest\)$"):
-        encoder(torch.randn(1, 3, 30, 42))
-    with pytest.raises(ValueError, match=r"got 7x43: resize to 14 for the height 7, 42 or 56 for the width 43"):
-        encoder(torch.randn(1, 3, 7, 43))
+        x = torch.randn(1, 3, 30, 43)  # 30 -> 28, 43 -> 42: resized, not cropped by timm to whole patches
+        fitted = torch.nn.functional.interpolate(x, size=(28, 42), mode="bilinear", antialias=True)
+        assert torch.equal(encoder.fit(x), fitted)
+        assert torch.equal(encoder(x), encoder(fitted))
+        assert encoder(torch.randn(1, 3, 21, 50)).shape == (1, 384, 2, 4)  # min_size: 2 patches a side
     assert FOUNDATION_BACKBONES["dinov2_vitb14"].timm_name == "vit_base_patch14_dinov2.lvd142m"
     with pytest.raises(ValueError, match=r"^unknown foundation backbone 'dinov2_vitl14'; choose one of "
                                          r"dinov2_vits14, dinov2_vitb14$"):
@@ -109,3 +114,36 @@ def test_offline_without_a_cached_copy_says_what_where_and_how_in_one_line(tmp_p
     for part in ("timm/vit_small_patch14_dinov2.lvd142m", "88.2 MB", str(cache), "HF_HUB_OFFLINE is set",
                  "connect to the internet once, or pass --pretrained PATH with a local copy of the file"):
         assert part in message, part
+
+
+def _panet_lite(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "panet_lite", *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+NOTRAIN = ("test", "--dataset", "synthetic", "--fold", "0", "--notrain", "--backbone", "dinov2_vits14", "--runs", "1",
+           "--episodes", "20", "--size", "56")  # 20 episodes: each of fold 0's 5 classes drawn
+
+
+def test_test_notrain_runs_panet_on_dinov2_features_and_says_random_weights_are_not_a_result():
+    run = _panet_lite(*NOTRAIN, "--pretrained", "false", "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert 0 <= result["miou"] <= 1 and len(result["class_iou"]) == 5
+    assert "no training: dinov2_vits14's RANDOM weights (--pretrained false): NOT a result" in run.stdout
+
+
+def test_test_notrain_offline_ends_with_one_line_naming_the_weights_and_the_fix(tmp_path):
+    run = _panet_lite(*NOTRAIN, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert run.returncode == 2
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("error: cannot get the dinov2_vits14 weights (timm/vit_small_patch14_dinov2.lvd142m, "
+                               "model.safetensors, 88.2 MB) into the Hugging Face cache " + str(tmp_path / "hf"))
+    assert lines[0].endswith("pass --pretrained PATH with a local copy of the file (--pretrained false: random "
+                             "weights, not a result)")
+
+
+def test_a_checkpoint_brings_its_own_weights():
+    run = _panet_lite("test", "--dataset", "synthetic", "--fold", "0", "--checkpoint", "x.pt", "--pretrained", "false")
+    assert run.returncode != 0 and "drop --pretrained" in run.stderr
