@@ -7,6 +7,8 @@ eval mode. The weights are timm's copies of Meta's release, on the Hugging Face 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -165,6 +167,30 @@ def _load_state_dict(encoder: DINOv2Encoder, state: dict, source: str) -> None:
     encoder.vit.load_state_dict(state, strict=True)
 
 
+def _resolves(url: str) -> bool:
+    """Whether the host of `url` has an address (DNS answers at once, or fails at once, offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        socket.getaddrinfo(urlparse(url).hostname, 443)
+        return True
+    except (OSError, UnicodeError):
+        return False
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """A library's logger silenced below ERROR for the duration (the hub logs each retry as a warning)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _download_reason(error: Exception) -> str:
     """Why the hub download failed, in a few words (the hub's own messages run over several lines)."""
     from huggingface_hub import constants
@@ -172,6 +198,8 @@ def _download_reason(error: Exception) -> str:
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    if not _resolves(constants.ENDPOINT):
+        return f"{constants.ENDPOINT} cannot be resolved (no internet?) and the file is not in the cache"
     if isinstance(error, LocalEntryNotFoundError):
         return "the Hugging Face hub cannot be reached and the file is not in the cache"
     first = (str(error).strip().splitlines() or [""])[0][:120]
@@ -199,7 +227,11 @@ def load_dinov2_weights(encoder: DINOv2Encoder, pretrained: bool | str | Path) -
         # into the same cache. Not timm's load_state_dict_from_hf: before timm 1.0.29 it torch.loads
         # a .safetensors file it is asked for, and left to choose, it reads an offline failure as "no
         # .safetensors here" and tries pytorch_model.bin as well, waiting out the hub's retries twice.
-        path = Path(hf_hub_download(backbone.hf_repo, HF_WEIGHTS_FILE))
+        # A host that does not resolve (no network) is no reason to wait out the hub's five retries and
+        # print their warnings: look in the cache only. Other failures (a proxy, the hub down) retry quietly.
+        cached_only = constants.HF_HUB_OFFLINE or not _resolves(constants.ENDPOINT)
+        with _quiet("huggingface_hub"):
+            path = Path(hf_hub_download(backbone.hf_repo, HF_WEIGHTS_FILE, local_files_only=cached_only))
     except Exception as error:  # offline, no network, proxy, hub error: all end the same way
         raise FoundationWeightsUnavailable(
             f"cannot get the {encoder.name} weights ({backbone.hf_repo}, {HF_WEIGHTS_FILE}, {backbone.size_mb:g} MB) "

@@ -147,3 +147,36 @@ def test_test_notrain_offline_ends_with_one_line_naming_the_weights_and_the_fix(
 def test_a_checkpoint_brings_its_own_weights():
     run = _panet_lite("test", "--dataset", "synthetic", "--fold", "0", "--checkpoint", "x.pt", "--pretrained", "false")
     assert run.returncode != 0 and "drop --pretrained" in run.stderr
+
+
+def test_without_a_network_the_hub_cache_is_read_at_once_and_a_missing_file_is_one_line(tmp_path, monkeypatch):
+    """No DNS (no network at all): no retries; weights already in the Hugging Face cache load from it
+    (the second run on a machine that downloaded them once), and without them the error says why."""
+    import socket
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(FoundationWeightsUnavailable, match=r"https://huggingface.co cannot be resolved \(no "
+                                                           r"internet\?\) and the file is not in the cache; "):
+        build_dinov2("dinov2_vits14", pretrained=True)
+    torch.manual_seed(3)
+    saved = DINOv2Encoder("dinov2_vits14")
+    for p in saved.vit.parameters():
+        p.data.normal_(0, 0.02)
+    repo = cache / "models--timm--vit_small_patch14_dinov2.lvd142m"  # the hub cache's layout
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(saved.vit.state_dict(), repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    loaded = build_dinov2("dinov2_vits14", pretrained=True)
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), saved(x))
