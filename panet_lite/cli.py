@@ -14,6 +14,7 @@ from . import distributed
 from .demo import DemoConfig
 from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
 from .encoders import FROZEN_BACKBONES
+from .foundation import FOUNDATION_BACKBONES
 from .options import add_options, dest, int_tuple, parse_bool_or_path, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
 from .train import METHOD_DEFAULTS, TrainConfig
@@ -107,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(with vgg16, the paper's ImageNet baseline)")
     p.add_argument("--backbone", default="vgg16", choices=("vgg16", "resnet50", *FROZEN_BACKBONES),
                    help="encoder for --notrain: vgg16 or resnet50 (torchvision's ImageNet weights), or a frozen "
-                        "DINOv2 ViT, dinov2_vits14 (88 MB of weights) or dinov2_vitb14 (346 MB), downloaded once "
-                        "into the Hugging Face cache (default: %(default)s)")
+                        "DINOv2 ViT, " + " or ".join(f"{name} ({b.size_mb:g} MB of weights)" for name, b in
+                                                     FOUNDATION_BACKBONES.items()) +
+                        ", downloaded once into the Hugging Face cache (default: %(default)s)")
     p.add_argument("--pretrained", default=True, type=parse_bool_or_path,
                    help="--notrain's weights: true downloads them, a path reads a local copy, false keeps random "
                         "weights (to try the pipeline offline; the report says it is not a result) (default: true)")

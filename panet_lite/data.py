@@ -110,18 +110,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 or [0, 1] float RGB images (..., 3, H, W) -> ImageNet-normalised float."""
-    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
+    return _standardise_(x)
 
 
 def normalize_(grey_levels: torch.Tensor) -> torch.Tensor:
     """`normalize` of uint8 images given as float grey levels (..., 3, H, W), in place: the same values
     (the same operations in the same order), without allocating a new image per operation."""
-    mean = grey_levels.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = grey_levels.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return grey_levels.div_(255).sub_(mean).div_(std)
+    return _standardise_(grey_levels.div_(255))
+
+
+def _standardise_(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float RGB (..., 3, H, W) minus ImageNet's mean, over its std, in place."""
+    return x.sub_(x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)).div_(x.new_tensor(IMAGENET_STD).view(3, 1, 1))
 
 
 class SegmentationSource:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .files import load_torch_file
+from .foundation import FOUNDATION_BACKBONES
 
 # (out_channels, n_convs) of VGG-16's five blocks.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -298,7 +299,7 @@ def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = Tr
 
 
 BACKBONES = ("vgg16", "resnet50", "resnet50-deepstem", "small")  # the encoders `train` trains
-FROZEN_BACKBONES = ("dinov2_vits14", "dinov2_vitb14")  # DINOv2 patch features (foundation.py), stride 14, never trained
+FROZEN_BACKBONES = tuple(FOUNDATION_BACKBONES)  # DINOv2 patch features (foundation.py), stride 14, never trained
 OUTPUT_STRIDE = 8  # every encoder maps an n-pixel side to ceil(n / 8) feature pixels
 # The smallest image side with at least 2 feature pixels per side: on a 1 x 1 feature map the
 # foreground and background prototypes are the same vector, and training stalls at loss ln 2.

@@ -165,9 +165,11 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int,
     out as it decodes (`files.read_rgb`'s channels_last strides) a third of PIL's time. The label
     keeps its dtype.
     """
-    if _unchanged(image, size):
+    if size is None:
         return image, label
     size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(image.shape[-2:]) == size:
+        return image, label
     # nearest on uint8 directly; other integer labels through float (exact below 2**24)
     lab = label[None, None] if label.dtype == torch.uint8 else label[None, None].float()
     lab = F.interpolate(lab, size=size, mode="nearest")[0, 0].to(label.dtype)
@@ -178,11 +180,6 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int,
         return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1), lab
     img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)
     return img[0], lab
-
-
-def _unchanged(image: torch.Tensor, size: int | tuple[int, int] | None) -> bool:
-    """Whether resizing `image` to `size` (None: its own size) leaves it as it is."""
-    return size is None or tuple(image.shape[-2:]) == ((size, size) if isinstance(size, int) else tuple(size))
 
 
 class EpisodeDataset(Dataset):

@@ -171,7 +171,8 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
     if config.original_size and not hsnet:
         raise ValueError("--original-size applies to --protocol hsnet (standard always scores at the original "
                          "size, faithful at --size)")
-    batch_size = test_batch_size(config.batch_size, distributed.device(config.device), full_size)
+    device = distributed.device(config.device)
+    batch_size = test_batch_size(config.batch_size, device, full_size)
     if full_size and (batch_size != 1 or config.queries != 1):
         raise ValueError(f"the {config.protocol} protocol scores each query at its own size here: use "
                          f"--batch-size 1 and --queries 1")
@@ -192,7 +193,6 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
                          "(their supports never count 255 borders as background)")
     borders = borders.pop()
     ranks = distributed.current()  # under torchrun: rank r tests episodes r, r + W, r + 2W, ... of each run
-    device = distributed.device(config.device)
     progress = progress and ranks.main
     models = {key: m.to(device, getattr(torch, config.dtype)).eval() for key, m in models.items()}
     if config.compile:

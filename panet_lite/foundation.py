@@ -191,14 +191,15 @@ def _quiet(logger: str):
         log.setLevel(level)
 
 
-def _download_reason(error: Exception) -> str:
-    """Why the hub download failed, in a few words (the hub's own messages run over several lines)."""
+def _download_reason(error: Exception, resolves: bool) -> str:
+    """Why the hub download failed, in a few words (the hub's own messages run over several lines);
+    `resolves`: whether the hub's host had an address when the download was tried."""
     from huggingface_hub import constants
     from huggingface_hub.utils import LocalEntryNotFoundError  # also where huggingface_hub < 0.24 has it
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    if not _resolves(constants.ENDPOINT):
+    if not resolves:
         return f"{constants.ENDPOINT} cannot be resolved (no internet?) and the file is not in the cache"
     if isinstance(error, LocalEntryNotFoundError):
         return "the Hugging Face hub cannot be reached and the file is not in the cache"
@@ -222,20 +223,20 @@ def load_dinov2_weights(encoder: DINOv2Encoder, pretrained: bool | str | Path) -
     from huggingface_hub import constants, hf_hub_download
 
     backbone = FOUNDATION_BACKBONES[encoder.name]
+    # A host that does not resolve (no network) is no reason to wait out the hub's five retries and print
+    # their warnings: look in the cache only. Other failures (a proxy, the hub down) retry quietly.
+    resolves = not constants.HF_HUB_OFFLINE and _resolves(constants.ENDPOINT)
     try:
         # The file timm itself loads first from these repos, fetched by the hub client that timm uses,
         # into the same cache. Not timm's load_state_dict_from_hf: before timm 1.0.29 it torch.loads
         # a .safetensors file it is asked for, and left to choose, it reads an offline failure as "no
         # .safetensors here" and tries pytorch_model.bin as well, waiting out the hub's retries twice.
-        # A host that does not resolve (no network) is no reason to wait out the hub's five retries and
-        # print their warnings: look in the cache only. Other failures (a proxy, the hub down) retry quietly.
-        cached_only = constants.HF_HUB_OFFLINE or not _resolves(constants.ENDPOINT)
         with _quiet("huggingface_hub"):
-            path = Path(hf_hub_download(backbone.hf_repo, HF_WEIGHTS_FILE, local_files_only=cached_only))
+            path = Path(hf_hub_download(backbone.hf_repo, HF_WEIGHTS_FILE, local_files_only=not resolves))
     except Exception as error:  # offline, no network, proxy, hub error: all end the same way
         raise FoundationWeightsUnavailable(
             f"cannot get the {encoder.name} weights ({backbone.hf_repo}, {HF_WEIGHTS_FILE}, {backbone.size_mb:g} MB) "
-            f"into the Hugging Face cache {constants.HF_HUB_CACHE}: {_download_reason(error)}; connect to the "
+            f"into the Hugging Face cache {constants.HF_HUB_CACHE}: {_download_reason(error, resolves)}; connect to the "
             f"internet once, or pass --pretrained PATH with a local copy of the file (--pretrained false: random "
             f"weights, not a result)") from None
     source = f"{backbone.hf_repo}/{HF_WEIGHTS_FILE} (cached at {path})"

@@ -49,7 +49,7 @@ def loader_options(workers: int | str, device: torch.device) -> dict[str, Any]:
     """DataLoader keyword arguments for `workers` ("auto" or a count) feeding `device`.
 
     auto: on CUDA this process's share of the cores (`sharing_processes`), at most MAX_AUTO_WORKERS,
-    kept alive between runs, each with 4 batches in flight; on the CPU 0, since the same cores would
+    each with 4 batches in flight; on the CPU 0, since the same cores would
     both load and compute. Pinned memory on CUDA lets the copies to the GPU overlap.
     """
     if workers == "auto":
