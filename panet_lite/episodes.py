@@ -161,9 +161,9 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int | tuple[int,
     pil=True (HSNet's test too). The default is PyTorch's antialiased bilinear on uint8: PIL's
     filter in fixed point, at most one grey level from PIL's output (on VOC-size photos resized to
     417, on about 0.03% of the values of a landscape image and 2% of a portrait one; the same
-    filter in float arithmetic, rounded, on 6%), the same bytes on every CPU, and on an image laid
-    out as it decodes (`files.read_rgb`'s channels_last strides) a third of PIL's time. The label
-    keeps its dtype.
+    filter in float arithmetic, rounded, on 6%), the same bytes under PyTorch's plain and
+    vectorised CPU kernels, and on an image laid out as it decodes (`files.read_rgb`'s
+    channels_last strides) a third of PIL's time. The label keeps its dtype.
     """
     if size is None:
         return image, label
