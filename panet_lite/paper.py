@@ -234,3 +234,81 @@ def lineage_markdown() -> str:
         lines.append(f"| {e.method} | {e.year} | {e.change} | {e.backbone or ''} | {cells[0]} | {cells[1]} | "
                      f"{e.read_from} |")
     return "\n".join(lines)
+
+
+# ---- frozen foundation models (chapter 10)
+
+@dataclass(frozen=True)
+class FoundationResult:
+    method: str
+    year: int
+    venue: str
+    dataset: str  # "pascal5i", "coco20i" or "lvis92i"
+    ways: int
+    shots: int
+    backbones: str  # the foundation models used, e.g. "DINOv2 ViT-L/14 + SAM ViT-H"
+    trains: bool  # False: training-free, every weight frozen
+    mean: float  # mean mIoU over the folds, %
+    test: str  # a key of TESTS when it is exactly that test, else a short description
+    source: str  # where the number was read, and how directly
+    checked: bool  # False: not read in the paper or the official README; `source` says what was read instead
+
+
+_MATCHER = ("the paper's abstract (https://arxiv.org/abs/2305.13310), read as reproduced on "
+            "https://huggingface.co/papers/2305.13310 (the stored arXiv HTML has the abstract's numbers stripped); "
+            "backbones: the config header of a log in the official repo, aim-uofa/Matcher output/pascal/fold0/log.txt "
+            "(a part-segmentation run: dinov2_vitl14, sam_vit_h)")
+_GFSAM = ("the paper's abstract (https://arxiv.org/abs/2410.06964; read on nips.cc/virtual/2024/poster/93949 and in "
+          "the official project page ANDYZAQ/GF-SAM index.html), which gives 58.7 on COCO-20i without a shot count; "
+          "1-shot confirmed by the official logs ANDYZAQ/GF-SAM outputs/coco/fold{0..3}.txt (nshot 1, folds 56.62, "
+          "61.44, 59.63, 57.12: mean 58.70)")
+_GFSAM_PASCAL = ("NOT CHECKED in the paper (its results table is an image on the project page, not read): mean computed "
+                 "by us from the official logs ANDYZAQ/GF-SAM outputs/pascal/fold{0..3}.txt (nshot 1; folds 71.12, "
+                 "75.70, 69.17, 73.25: 72.31)")
+_INSID3 = ("NOT CHECKED: neither the official README (visinf/INSID3 README.md) nor the stored arXiv abstract "
+           "(https://arxiv.org/abs/2603.28480) gives a COCO-20i number; 57.6 read only on a third-party leaderboard "
+           "(https://www.wizwand.com/paper/69cb557f0636e5bf4afca3f2: 'COCO-20i, mIoU (Mean)'), which does not say "
+           "the shot count; 1-shot assumed from the paper's one-example setting")
+_VRPSAM = ("NOT CHECKED: the official README (syp2ysy/VRP-SAM README.md) and the arXiv abstract "
+           "(https://arxiv.org/abs/2402.17726) give no numbers; read only on a third-party leaderboard "
+           "(https://www.wizwand.com/paper/68fa72bb1e209131cea58370), which does not say shots, backbone or "
+           "reference annotation; 1-shot with mask references assumed")
+
+FOUNDATION_RESULTS = (
+    FoundationResult("Matcher", 2024, "ICLR", "coco20i", 1, 1, "DINOv2 ViT-L/14 + SAM ViT-H", False, 52.7,
+                     "not stated where read; the README credits HSNet's code", _MATCHER, True),
+    FoundationResult("Matcher", 2024, "ICLR", "lvis92i", 1, 1, "DINOv2 ViT-L/14 + SAM ViT-H", False, 33.0,
+                     "LVIS-92i, a benchmark the Matcher paper proposes", _MATCHER, True),
+    FoundationResult("GF-SAM", 2024, "NeurIPS", "coco20i", 1, 1, "DINOv2 ViT-L/14 + SAM ViT-H", False, 58.7,
+                     "1,000 episodes per fold at 1024 px (the official logs)", _GFSAM, True),
+    FoundationResult("GF-SAM", 2024, "NeurIPS", "pascal5i", 1, 1, "DINOv2 ViT-L/14 + SAM ViT-H", False, 72.3,
+                     "1,000 episodes per fold at 1024 px, seed 0 (the official logs)", _GFSAM_PASCAL, False),
+    FoundationResult("INSID3", 2026, "CVPR", "coco20i", 1, 1, "DINOv3 ViT-L/16 (no SAM)", False, 57.6,
+                     "not read", _INSID3, False),
+    FoundationResult("VRP-SAM", 2024, "CVPR", "pascal5i", 1, 1,
+                     "SAM + a trained VRP encoder on VGG-16/ResNet-50/ResNet-101 features", True, 71.9,
+                     "not read", _VRPSAM, False),
+    FoundationResult("VRP-SAM", 2024, "CVPR", "coco20i", 1, 1,
+                     "SAM + a trained VRP encoder on VGG-16/ResNet-50/ResNet-101 features", True, 53.9,
+                     "not read", _VRPSAM, False),
+)
+
+_DATASET_NAMES = {"pascal5i": "PASCAL-5i", "coco20i": "COCO-20i", "lvis92i": "LVIS-92i"}
+
+
+def foundation_markdown() -> str:
+    """The foundation-model rows as Markdown, each with where it was read (numbered notes under the table);
+    unchecked numbers say so in their cell."""
+    notes: list[str] = []
+    lines = ["| method | year | frozen / trained | setting | mIoU | read from |", "|---|---|---|---|---|---|"]
+    for r in FOUNDATION_RESULTS:
+        what = f"{r.backbones}; " + ("nothing trained" if not r.trains else "prompt encoder trained on base classes")
+        setting = f"{_DATASET_NAMES[r.dataset]} {r.ways}-way {r.shots}-shot"
+        mean = f"{r.mean:.1f}" + ("" if r.checked else " (NOT CHECKED)")
+        if r.source not in notes:
+            notes.append(r.source)
+        lines.append(f"| {r.method} | {r.year} ({r.venue}) | {what} | {setting} | {mean} | "
+                     f"[{notes.index(r.source) + 1}] |")
+    note = ("Each method was tested its own way (other episode lists, image sizes and backbones than PANet's "
+            "`TESTS['panet']`): these numbers are history, not a ranking.")
+    return "\n".join(lines + ["", note, ""] + [f"- [{i}] {n}" for i, n in enumerate(notes, 1)])
