@@ -15,9 +15,10 @@ from .demo import DemoConfig
 from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
 from .encoders import FROZEN_BACKBONES
 from .foundation import FOUNDATION_BACKBONES
+from .methods import METHODS, get_method
 from .options import add_options, dest, int_tuple, parse_bool_or_path, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
-from .train import METHOD_DEFAULTS, TrainConfig
+from .train import TrainConfig
 
 COMMANDS = {
     "demo": "train a small PANet on the embedded dataset (CPU, ~3 min) and report unseen-fold mIoU",
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=True, type=parse_bool_or_path,
                    help="--notrain's weights: true downloads them, a path reads a local copy, false keeps random "
                         "weights (to try the pipeline offline; the report says it is not a result) (default: true)")
+    p.add_argument("--method", choices=METHODS.keys(), default=None,
+                   help="the matching to test with: --notrain's (default panet), or another than the one a "
+                        "--checkpoint was trained with, on its encoder (" + "; ".join(
+                            f"{n}: {m.summary}" for n, m in METHODS.items()) + ")")
     p.add_argument("--allow-seen-classes", action="store_true",
                    help="test a checkpoint on a fold whose classes it was trained on (refused by default: such "
                         "a number is not a few-shot result; the report says so)")
@@ -300,11 +305,14 @@ def cmd_test(args) -> int:
     bench = benchmark(args.dataset)
     seen: list[int] = []
     if args.notrain:
-        model = PANet(args.backbone, pretrained=args.pretrained)
+        model = PANet(args.backbone, pretrained=args.pretrained, method=args.method or "panet")
     else:
         ckpt = load_checkpoint(args.checkpoint)
         seen = seen_classes(ckpt, bench, args.fold, args.checkpoint, args.allow_seen_classes)
         model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+        trained_with = model.matching
+        if args.method is not None and args.method != model.method:  # the same method keeps its options
+            model = model.as_method(args.method)
     ranks = distributed.start(cfg.device)  # under torchrun: the episodes are split across the processes
     result = evaluate(model, source, bench.test_classes(args.fold), cfg, progress=not args.json)
     if not ranks.main:
@@ -326,8 +334,11 @@ def cmd_test(args) -> int:
     if seen:
         print(f"  NOT a few-shot result: the checkpoint was trained on test classes {seen} (--allow-seen-classes)")
     if args.notrain:
-        print(f"  no training: {args.backbone}'s " + ("pretrained features" if args.pretrained else
+        print(f"  no training: {model.matching.title}'s matching on {args.backbone}'s " + (
+              "pretrained features" if args.pretrained else
               "RANDOM weights (--pretrained false): NOT a result, a check that the pipeline runs"))
+    elif model.matching is not trained_with:
+        print(f"  {model.matching.title}'s matching on an encoder trained with {trained_with.title}'s")
     if args.json:
         print(_json_line({**result.as_dict(), "seen_classes": seen}))
     return 0
@@ -339,9 +350,9 @@ def _given(args, name: str, cls=TrainConfig) -> bool:
 
 
 def _train_config(args) -> TrainConfig:
-    """The training settings: the flags given, and the method's recipe (METHOD_DEFAULTS) for those not given
+    """The training settings: the flags given, and the method's recipe (methods.py) for those not given
     (`--method ssp` alone means SSP's recipe: deep-stem ResNet-50, batches of 4, 6,000 steps, 473 px)."""
-    preset = {k: v for k, v in METHOD_DEFAULTS.get(args.method, {}).items()
+    preset = {k: v for k, v in get_method(args.method).recipe.items()
               if hasattr(args, k) and not _given(args, k)}
     return pick(args, TrainConfig, **preset)
 

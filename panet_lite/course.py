@@ -9,6 +9,7 @@ import torch
 
 from .data import train_classes
 from .demo import DemoConfig, demo_train_config
+from .methods import ALIGN, get_method
 from .model import PANet
 from .runtime import resolve_device
 from .synthetic import SyntheticFewShot
@@ -34,18 +35,19 @@ def course_model_config(fold: int = 0, shots: int = 1, align: bool = True, steps
                         method: str = "panet", seed: int | None = None) -> TrainConfig:
     """The small-encoder recipe of the demo for one fold / shot count, with or without alignment.
 
-    `method` "mlc" or "ssp" trains that method with the same recipe (encoder, steps, batches, lr and
-    episodes), so that a comparison measures the method alone; PAR is PANet's and stays off for them.
+    `method` "mlc" or "ssp" (any name in methods.METHODS) trains that method with the same recipe
+    (encoder, steps, batches, lr and episodes), so that a comparison measures the method alone; PAR
+    stays off for a method that does not have it.
     `seed` (default the demo's 1234) draws other initial weights and other training episodes.
     """
     cfg = demo_train_config(DemoConfig(fold=fold, steps=steps or DemoConfig.steps))
-    return replace(cfg, shots=shots, align=align and method == "panet", method=method,
+    return replace(cfg, shots=shots, align=align and ALIGN in get_method(method).switches, method=method,
                    seed=cfg.seed if seed is None else seed)
 
 
 def course_run_name(cfg: TrainConfig, fold: int = 0) -> str:
     """The folder of a course run under notebooks/checkpoints/, e.g. small-fold0-1shot-align-600."""
-    tag = ("align" if cfg.align else "noalign") if cfg.method == "panet" else cfg.method
+    tag = get_method(cfg.method).run_tag or ("align" if cfg.align else "noalign")
     seed = "" if cfg.seed == DemoConfig.seed else f"-seed{cfg.seed}"
     return f"small-fold{fold}-{cfg.shots}shot-{tag}-{cfg.steps}{seed}"
 

@@ -1,48 +1,23 @@
 """PANet: prototypes from the supports, cosine matching on the query, prototype alignment in training.
 
-The same model runs two later methods built on PANet's matching, chosen by `method`:
-MLC's baseline (Yang et al., ICCV 2021) and SSP's self-support matching (Fan et al., ECCV 2022).
-They change a few of PANet's choices and add nothing learned; METHOD_CHOICES lists which.
+The same model runs the later methods built on PANet's matching, chosen by `method` (a name in
+methods.METHODS): MLC's baseline (Yang et al., ICCV 2021) and SSP's self-support matching (Fan et
+al., ECCV 2022). The model holds the encoder and the options; the method does the matching.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .alignment import alignment_loss, support_target
-from .data import IGNORE
 from .episodes import size_mismatch
 from .encoders import build_encoder, min_image_size, recompute_pieces
-from .matching import ALPHA, prototype_scores, upsample_scores
-from .pooling import downsampled_mask_pool, episode_prototypes, masked_average_pool
-from .ssp import SSP_SCALE, ssp_match, two_way_scores
+from .methods import METHODS, Method, PANetOutput, get_method
 
-METHODS = ("panet", "mlc", "ssp")
-# What each method changes in PANet's forward pass (the encoder and the recipe are TrainConfig's):
-# the cosine scale, how masks pool features, how scores are upsampled, whether the 255 borders of a
-# support count as its background, and the training loss beside the query's cross-entropy.
-METHOD_CHOICES = {
-    "panet": {"scale": ALPHA, "pooling": "features upsampled to the mask (late fusion)", "align_corners": False,
-              "borders_are_background": True, "extra_loss": "prototype alignment (PAR)"},
-    "mlc": {"scale": SSP_SCALE, "pooling": "mask downsampled to the features", "align_corners": True,
-            "borders_are_background": False, "extra_loss": "none"},
-    "ssp": {"scale": SSP_SCALE, "pooling": "mask downsampled to the features", "align_corners": True,
-            "borders_are_background": False,
-            "extra_loss": "query and supports each matched to their own ground-truth prototypes (weights 1, 0.2)"},
-}
-SUPPORT_SELF_WEIGHT = 0.2  # SSP's weight of the supports' self-matching loss
-
-
-class PANetOutput(NamedTuple):
-    logits: torch.Tensor  # (B, Q, 1 + N, H, W): [bg, way 1, ..., way N] scores at image size
-    align_loss: torch.Tensor  # scalar; zero in eval mode or with align=False
-    aux_loss: torch.Tensor = torch.zeros(())  # scalar: SSP's self-matching losses in training; zero otherwise
+__all__ = ["METHODS", "PANet", "PANetOutput"]
 
 
 class PANet(nn.Module):
@@ -51,8 +26,8 @@ class PANet(nn.Module):
     backbone: "vgg16" (the paper's), "resnet50" (dilated; for the COCO-20i 2-way row filed under PANet,
     not in PANet's paper), "resnet50-deepstem" (MLC's
     and SSP's) or "small" (CPU course). pretrained: True for torchvision's ImageNet weights, a path
-    for a local state dict, False for random init. method: "panet", "mlc" (MLC's baseline) or "ssp"
-    (self-support matching, 1-way episodes). align: add the prototype alignment loss in training
+    for a local state dict, False for random init. method: a name in methods.METHODS: "panet", "mlc" (MLC's
+    baseline) or "ssp" (self-support matching, 1-way episodes); `model.matching` is its object. align: add the prototype alignment loss in training
     (PANet's; default on for "panet", refused for the others). alpha: cosine scale (default: the
     method's, 20 or 10). refine: SSP's second self-support step.
     """
@@ -68,16 +43,11 @@ class PANet(nn.Module):
         self.encoder = build_encoder(backbone, pretrained, resnet_layer)
 
     def _set_method(self, method: str, align: bool | None, alpha: float | None, refine: bool) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        align = (method == "panet") if align is None else align
-        if align and method != "panet":
-            raise ValueError(f"prototype alignment is PANet's training loss; --method {method} trains without it "
-                             f"(--align false)")
-        if refine and method != "ssp":
-            raise ValueError("--refine is a step of SSP's matching: use it with --method ssp")
-        self.align, self.method, self.refine = align, method, refine
-        self.alpha = METHOD_CHOICES[method]["scale"] if alpha is None else alpha
+        matching = get_method(method)
+        self.align = matching.check(align, refine)
+        self.matching: Method = matching  # the registered method object: pooling, matching, losses
+        self.method, self.refine = matching.name, refine
+        self.alpha = matching.scale if alpha is None else alpha
 
     def as_method(self, method: str, refine: bool = False) -> "PANet":
         """This model's encoder under another method's matching (its scale, pooling, upsampling and
@@ -100,13 +70,7 @@ class PANet(nn.Module):
     @property
     def borders_are_background(self) -> bool:
         """Whether this method's supports count their 255 borders as background (PANet's code does)."""
-        return METHOD_CHOICES[self.method]["borders_are_background"]
-
-    def _pool(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return masked_average_pool(features, masks) if self.method == "panet" else downsampled_mask_pool(features, masks)
-
-    def _upsample(self, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return upsample_scores(scores, size, METHOD_CHOICES[self.method]["align_corners"])
+        return self.matching.borders_are_background
 
     def encode(self, support_images: torch.Tensor, query_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of all supports (B, N, K, C, h, w) and queries (B, Q, C, h, w), in one batch."""
@@ -137,52 +101,18 @@ class PANet(nn.Module):
                 query_images: torch.Tensor, query_labels: torch.Tensor | None = None) -> PANetOutput:
         """support_images (B, N, K, 3, H, W) normalised; support_fg, support_bg (B, N, K, H, W) float 0/1;
         query_images (B, Q, 3, H, W); query_labels (B, Q, H, W) episode labels, needed only to train SSP.
-        Returns logits (B, Q, 1 + N, H, W), the alignment loss and SSP's self-matching loss."""
+        Returns a PANetOutput: logits (B, Q, 1 + N, H, W) and, in training, the method's losses by name
+        (`out.align_loss` is PAR, `out.aux_loss` the weighted sum of the others)."""
         if support_images.shape[-2:] != query_images.shape[-2:]:
             raise ValueError(size_mismatch([tuple(support_images.shape[-2:]), tuple(query_images.shape[-2:])],
                                            "this episode's supports and queries"))
         support_feats, query_feats = self.encode(support_images, query_images)
-        size = query_images.shape[-2:]
-        if self.method == "ssp":
-            return self._ssp_forward(support_feats, query_feats, support_fg, support_bg, query_labels, size)
-        zero = query_feats.new_zeros(())
-        prototypes = episode_prototypes(support_feats, support_fg, support_bg, self._pool)  # (B, 1+N, C)
-        scores = prototype_scores(query_feats, prototypes, self.alpha)  # (B, Q, 1+N, h, w)
-        logits = self._upsample(scores, size)
-        if self.training and self.align:
-            align = alignment_loss(support_feats, query_feats, scores, support_fg, support_bg)
-        else:
-            align = zero
-        return PANetOutput(logits, align, zero)
-
-    def _ssp_forward(self, support_feats, query_feats, support_fg, support_bg, query_labels, size) -> PANetOutput:
-        """SSP on 1-way episodes: support prototypes, self-support matching, and in training the
-        self-matching losses of SSP's code (each query and each support against its own
-        ground-truth prototypes) plus, with `refine`, the loss of the first self-support step."""
-        B, N, K = support_fg.shape[:3]
-        Q = query_feats.shape[1]
-        if N != 1:
-            raise ValueError(f"SSP matches 1-way episodes (its self-support step has one foreground), got {N} ways: "
-                             f"use --ways 1, or --method panet or mlc")
-        feats_k = support_feats[:, 0]  # (B, K, C, h, w)
-        fg_k, bg_k = self._pool(feats_k, support_fg[:, 0]), self._pool(feats_k, support_bg[:, 0])  # (B, K, C)
-        queries = query_feats.flatten(0, 1)  # (B*Q, C, h, w); every query of an episode uses its prototypes
-        match = ssp_match(queries, fg_k.mean(1).repeat_interleave(Q, 0), bg_k.mean(1).repeat_interleave(Q, 0),
-                          self.refine, self.alpha)
-        logits = self._upsample(match["scores"], size).unflatten(0, (B, Q))  # (B, Q, 2, H, W)
-        zero = queries.new_zeros(())
+        size = tuple(query_images.shape[-2:])
+        m = self.matching
+        scores, steps = m.match(support_feats, query_feats, support_fg, support_bg, self.alpha, self.refine)
+        logits = m.upsample(scores, size)
         if not self.training:
-            return PANetOutput(logits, zero, zero)
-        if query_labels is None:
-            raise ValueError("SSP's training loss matches the query with its own ground truth: pass query_labels")
-        labels = query_labels.flatten(0, 1)  # (B*Q, H, W): 0 bg, 1 fg, 255 ignored
-        q_fg, q_bg = self._pool(queries, (labels == 1).float()), self._pool(queries, (labels == 0).float())
-        self_logits = self._upsample(two_way_scores(queries, q_fg, q_bg, self.alpha), size)
-        aux = F.cross_entropy(self_logits, labels, ignore_index=IGNORE)
-        supp_logits = self._upsample(two_way_scores(feats_k.flatten(0, 1), fg_k.flatten(0, 1), bg_k.flatten(0, 1),
-                                                    self.alpha), size)
-        target = support_target(support_fg[:, 0].flatten(0, 1), support_bg[:, 0].flatten(0, 1))
-        aux = aux + SUPPORT_SELF_WEIGHT * F.cross_entropy(supp_logits, target, ignore_index=IGNORE)
-        if self.refine:  # SSP's code also supervises the prediction before refinement
-            aux = aux + F.cross_entropy(self._upsample(match["second"], size), labels, ignore_index=IGNORE)
-        return PANetOutput(logits, zero, aux)
+            return PANetOutput(logits, {}, m.loss_weights)
+        losses = m.losses(support_feats, query_feats, support_fg, support_bg, scores, steps, query_labels, size,
+                          self.alpha, self.align, self.refine)
+        return PANetOutput(logits, losses, m.loss_weights)

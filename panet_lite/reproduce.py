@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .evaluate import EvalConfig, check_support, evaluate
-from .paper import TESTS, WEAK_SUPPORTS, later_markdown, later_results, paper_result
+from .methods import get_method, run_folder
+from .paper import later_markdown
 from .sources import REGISTRY, benchmark, open_source, split_for
 from .train import TrainConfig, recipe, train
 
@@ -20,28 +21,19 @@ from .train import TrainConfig, recipe, train
 REPRODUCTION = "reproduction"
 PIPELINE_CHECK = "synthetic pipeline check"  # the kind of a table built without the paper's numbers
 HSNET_TEST = "HSNet's test"  # the kind of a table under --protocol hsnet: PANet's published numbers are another test's
+FAITHFUL_TEST = "panet"  # the key of paper.TESTS that our faithful protocol implements (PANet's own test)
 
 
 def runs_folder(dataset: str, method: str = "panet") -> str:
-    """The default folder of a dataset's runs: runs/DATASET for PANet, runs/DATASET-METHOD for the others."""
-    return f"runs/{dataset}" if method == "panet" else f"runs/{dataset}-{method}"
-
-
-# The published rows (paper.LATER_RESULTS) of the methods `--method` runs besides PANet, and the test they used.
-METHOD_RESULTS = {"mlc": "MLC baseline", "ssp": "SSP"}
-PUBLISHED_TEST = "mlc"
+    """The default folder of a dataset's runs: runs/DATASET for PANet, runs/DATASET-TAG for a method with a
+    run tag (methods.py)."""
+    return run_folder(dataset, method)
 
 
 def published_result(method: str, dataset: str, ways: int, shots: int):
-    """The published PaperResult (PANet) or LaterResult (mlc, ssp) of a setting, or None if there is none."""
-    if method == "panet":
-        try:
-            return paper_result(dataset, ways, shots)
-        except KeyError:
-            return None
-    rows = [r for r in later_results(dataset, ways, shots)
-            if r.method == METHOD_RESULTS[method] and r.test == PUBLISHED_TEST]
-    return rows[0] if rows else None
+    """The method's published row of a setting (PaperResult for PANet, LaterResult for the later methods),
+    or None if there is none."""
+    return get_method(method).published_result(dataset, ways, shots)
 
 
 def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
@@ -246,7 +238,7 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
             "mean_fb_iou": sum(100 * r["fb_iou"] for r in mine) / len(mine),
         }
         if compare and support == "bbox":  # the paper's box row: a mean only
-            weak = WEAK_SUPPORTS["bbox"].get(shots) if (paper_rows, ways, method) == ("pascal5i", 1, "panet") else None
+            weak = get_method(method).published_weak("bbox", paper_rows, ways, shots)
             entry |= {"paper_miou": {}, "paper_mean": weak, "paper_fb_iou": None}
         elif compare and support == "dense":
             paper = published_result(method, paper_rows or dataset, ways, shots)
@@ -290,13 +282,13 @@ def _title(table: dict) -> str:
                 else f"synthetic data in {table['dataset']} format")
         return (f"{PIPELINE_CHECK.capitalize()} on {data} (not a reproduction, so no paper numbers; "
                 f"mIoU %, mean ± std over runs)")
-    method = table.get("method", "panet")
-    if method != "panet":
-        return (f"Results of {METHOD_RESULTS[method]} (--method {method}) on {table['dataset']} under our "
+    method = get_method(table.get("method", "panet"))
+    if method.published_test != FAITHFUL_TEST:
+        return (f"Results of {method.title} (--method {method.name}) on {table['dataset']} under our "
                 f"{table.get('protocol', 'faithful')} protocol "
                 f"(mIoU %, mean ± std over runs; in brackets the published number and the difference). The "
-                f"published numbers were measured under {TESTS[PUBLISHED_TEST]}: another test, so the "
-                f"difference mixes the two tests with the two models")
+                f"published numbers were measured under {method.published_test_description}: another test, so "
+                f"the difference mixes the two tests with the two models")
     if any(s.get("paper_in_paper") is False for s in table.get("settings", ())):
         return (f"Results on {table['dataset']} (mIoU %, mean ± std over runs; in brackets the published number "
                 f"and the difference: Papers with Code's entry filed under PANet, not a number of PANet's paper; "

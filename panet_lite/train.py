@@ -18,7 +18,8 @@ from .data import IGNORE, SegmentationSource
 from .encoders import BACKBONES, MIN_IMAGE_SIZE, RECOMPUTE_BACKBONES
 from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
-from .model import METHODS, PANet
+from .methods import ALIGN, METHODS, get_method, methods_help
+from .model import PANet
 from .options import check_options, none_or, option, parse_bool_or_path, parse_int_tuple
 from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, auto_or_int, autocast, check_precision,
                       loader_options)
@@ -32,9 +33,7 @@ class TrainConfig:
                            choices=BACKBONES)
     pretrained: bool | str = option(True, "ImageNet initialisation of the encoder: true, false, or the path of a "
                                           "local .pth state dict", parse=parse_bool_or_path)
-    method: str = option("panet", "panet; mlc: MLC's baseline (cosine x 10, masks pooled at feature size, no "
-                                  "PAR); ssp: SSP's self-support matching (1-way). mlc and ssp bring their "
-                                  "recipe (METHOD_DEFAULTS) for the flags not given", choices=METHODS)
+    method: str = option("panet", methods_help(), choices=METHODS.keys())  # a live view: registered methods
     refine: bool = option(False, "ssp: a second self-support step (SSP's --refine)")
     align: bool = option(True, "prototype alignment regularisation (PAR; PANet's, so --method panet only)")
     align_weight: float = option(1.0, "total loss = segmentation + align_weight x PAR", at_least=0)
@@ -71,12 +70,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
-        if self.method != "panet" and self.align:
-            raise ValueError(f"--align is PANet's loss; --method {self.method} trains without it: pass --align false, "
-                             f"or build the config with TrainConfig.for_method({self.method!r}), which sets that "
-                             f"method's recipe")
-        if self.refine and self.method != "ssp":
-            raise ValueError("--refine is a step of SSP's matching: use it with --method ssp")
+        method = get_method(self.method)
+        method.check(self.align, self.refine)
+        if not method.trains:
+            raise ValueError(f"{method.title} is not trained: evaluate it with `test --notrain --method {method.name}`")
+        method.check_ways(self.ways)
         check_precision(self.amp, self.dtype)
         if self.recompute and self.backbone not in RECOMPUTE_BACKBONES:
             raise ValueError(f"--recompute works with the {' and '.join(RECOMPUTE_BACKBONES)} encoders, not "
@@ -84,17 +82,12 @@ class TrainConfig:
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> "TrainConfig":
-        """The config of a method with its own recipe (METHOD_DEFAULTS), then `overrides`."""
-        return cls(**{"method": method, **METHOD_DEFAULTS.get(method, {}), **overrides})
+        """The config of a method with its own recipe (its `recipe` in methods.METHODS), then `overrides`."""
+        return cls(**{"method": method, **get_method(method).recipe, **overrides})
 
 
-# MLC's and SSP's published recipe (their code: SGD lr 1e-3, momentum 0.9, weight decay 5e-4 as PANet's;
-# batches of 4 episodes, the lr divided by 10 after 1/3 and 2/3 of training, 473 px crops, frozen
-# BatchNorm, the deep-stem ResNet-50). We resize to 473 x 473 instead of cropping. A method's
-# recipe fills the flags not given on the command line, as a test protocol's defaults do.
-_LATER_RECIPE = {"backbone": "resnet50-deepstem", "align": False, "batch_size": 4, "steps": 6_000,
-                 "milestones": (2_000, 4_000), "size": 473}
-METHOD_DEFAULTS = {"mlc": _LATER_RECIPE, "ssp": _LATER_RECIPE}
+# Each method's recipe where it differs from PANet's (methods.py holds them; this is a view of them).
+METHOD_DEFAULTS = {name: dict(m.recipe) for name, m in METHODS.items() if m.recipe}
 
 
 def build_model(config: TrainConfig) -> PANet:
@@ -357,7 +350,8 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="train", unit="step")
     # The log's running sums stay on the device and are read every --log-every steps: reading them every
     # step (.item()) would make the CPU wait for each step to finish before it queues the next.
-    keys = ("loss", "seg_loss", "align_loss") + (("aux_loss",) if config.method == "ssp" else ())
+    others = [n for n in get_method(config.method).loss_names(config.align, config.refine) if n != ALIGN]
+    keys = ("loss", "seg_loss", "align_loss") + (("aux_loss",) if others else ())
     sums, n_sum, t0 = torch.zeros(len(keys), dtype=torch.float64, device=device), 0, time.perf_counter()
     try:
         for batch in loader:

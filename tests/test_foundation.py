@@ -130,7 +130,7 @@ def test_test_notrain_runs_panet_on_dinov2_features_and_says_random_weights_are_
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert 0 <= result["miou"] <= 1 and len(result["class_iou"]) == 5
-    assert "no training: dinov2_vits14's RANDOM weights (--pretrained false): NOT a result" in run.stdout
+    assert "no training: PANet's matching on dinov2_vits14's RANDOM weights (--pretrained false): NOT a result" in run.stdout
 
 
 def test_test_notrain_offline_ends_with_one_line_naming_the_weights_and_the_fix(tmp_path):

@@ -214,7 +214,7 @@ def test_the_command_line_applies_a_methods_recipe_to_the_flags_not_given(monkey
         "ssp", "resnet50-deepstem", False, 2, 6000, 473, False)
     assert str(got["out"]).startswith("runs/synthetic-ssp/")
     assert cli.main(base + ["--align"]) == 2
-    assert "--align is PANet's loss; --method ssp trains without it" in capsys.readouterr().err
+    assert "(--align) is PANet's training loss; --method ssp trains without it" in capsys.readouterr().err
     assert cli.main(["train", "--dataset", "synthetic", "--fold", "0", "--refine"]) == 2
     assert "--refine is a step of SSP's matching" in capsys.readouterr().err
 
