@@ -3,6 +3,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import ast  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -13,10 +18,12 @@ from panet_lite import EpisodeDataset, IoUMeter, PANet, fold_classes, sample_epi
 from panet_lite.evaluate import EvalConfig, evaluate, predict  # noqa: E402
 from panet_lite.episodes import episode_labels  # noqa: E402
 from panet_lite.matching import upsample_scores  # noqa: E402
+from panet_lite.methods import METHODS  # noqa: E402
 from panet_lite.synthetic import SyntheticFewShot  # noqa: E402
+from panet_lite.explain import (alignment_steps, encode_episode, load_episode, pca_2d, pixel_cosine,  # noqa: E402
+                                similarity_maps, ssp_steps)
 from panet_lite.widgets import (AlignmentWidget, EpisodeBrowser, MetricWidget, ModelSwapWidget,  # noqa: E402
-                                PixelCosineWidget, PrototypeProjection, SimilarityMapWidget, SSPStepsWidget,
-                                alignment_steps, encode_episode, pca_2d, pixel_cosine, similarity_maps, ssp_steps)
+                                PixelCosineWidget, PrototypeProjection, SimilarityMapWidget, SSPStepsWidget)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -403,3 +410,64 @@ def test_metric_widget_equals_evaluate_and_a_loop(model, source):
     both = ~f.isnan() & ~c.isnan()
     assert (c[both] <= f[both] + 1e-12).all()
     assert view.figure() is not None
+
+
+def test_each_method_is_shown_through_its_own_matching(source):
+    """similarity_maps asks the model's method: with all shots and the model's alpha, its logits are the
+    model's own for every registered method (PANet's pooling and upsampling, MLC's, SSP's with and without
+    refinement), and ModelSwapWidget shows each model's prediction as the model makes it."""
+    _, item = load_episode(source, fold_classes(0), ways=1, shots=2, seed=8, index=1)
+    item = {k: v.double() if v.is_floating_point() else v for k, v in item.items()}
+    batch = [item[k][None] for k in ("support_images", "support_fg", "support_bg", "query_images")]
+    models = {}
+    for name, refine in [(name, False) for name in METHODS] + [("ssp", True)]:
+        torch.manual_seed(0)
+        model = PANet("small", method=name, refine=refine).double().eval()
+        models[f"{name}{' refined' if refine else ''}"] = model
+        maps = similarity_maps(model, item)
+        with torch.no_grad():
+            logits = model(*batch).logits[0]
+        assert maps["method"] is model.matching and maps["alpha"] == model.alpha
+        torch.testing.assert_close(maps["logits"], logits, rtol=0, atol=1e-12)
+        assert torch.equal(maps["pred"], logits.argmax(dim=1))
+        support_feats = encode_episode(model, item)[0]
+        assert torch.equal(maps["shot_fg"], model.matching.pool(support_feats, item["support_fg"]))
+    # Same encoder weights, different pooling, scale and upsampling: different logits.
+    assert not torch.allclose(similarity_maps(models["panet"], item)["logits"],
+                              similarity_maps(models["mlc"], item)["logits"])
+    view = ModelSwapWidget({name: m.float() for name, m in models.items()}, source, fold=0, ways=1, shots=2,
+                           seed=8, index=1, max_shots=2)
+    episode = [view.item[k][None] for k in ("support_images", "support_fg", "support_bg", "query_images")]
+    for name, model in models.items():
+        with torch.no_grad():
+            logits = model(*episode).logits[0]
+        torch.testing.assert_close(view.state["maps"][name]["logits"], logits, rtol=1e-5, atol=1e-5)
+        assert torch.equal(view.state["maps"][name]["pred"], logits.argmax(dim=1))
+
+
+def test_explain_imports_without_ipywidgets_ipython_or_matplotlib():
+    code = ("import sys\n"
+            "for m in ('ipywidgets', 'IPython', 'matplotlib'):\n"
+            "    sys.modules[m] = None\n"
+            "import panet_lite.explain as e\n"
+            "assert callable(e.similarity_maps) and callable(e.ssp_steps)\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_widgets_holds_the_widget_classes_only():
+    """The computations live in explain, the figures in viz: every public top-level function of widgets.py is
+    gone, only classes (and private helpers of the classes) remain; viz imports neither widgets nor ipywidgets."""
+    import panet_lite.widgets as w
+
+    tree = ast.parse(Path(w.__file__).read_text())
+    public = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+              and not n.name.startswith("_")]
+    assert public == []
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert {"SimilarityMapWidget", "ModelSwapWidget", "SSPStepsWidget", "MetricWidget"} <= set(classes)
+    viz = ast.parse((Path(w.__file__).parent / "viz.py").read_text())
+    imported = {a.name for n in ast.walk(viz) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(viz) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if "widgets" in m or "IPython" in m}
