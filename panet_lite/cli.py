@@ -13,8 +13,7 @@ from inspect import signature
 from . import distributed
 from .demo import DemoConfig
 from .evaluate import PROTOCOL_DEFAULTS, EvalConfig
-from .encoders import FROZEN_BACKBONES
-from .foundation import FOUNDATION_BACKBONES
+from .encoders import ENCODERS, PRETRAINED_BACKBONES
 from .methods import METHODS, get_method
 from .options import add_options, dest, int_tuple, parse_bool_or_path, pick
 from .sources import DATASETS, PREPARE_CHOICES, REGISTRY
@@ -107,11 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint.pt written by `train`")
     p.add_argument("--notrain", action="store_true", help="no checkpoint: pretrained features only, no training "
                    "(with vgg16, the paper's ImageNet baseline)")
-    p.add_argument("--backbone", default="vgg16", choices=("vgg16", "resnet50", *FROZEN_BACKBONES),
-                   help="encoder for --notrain: vgg16 or resnet50 (torchvision's ImageNet weights), or a frozen "
-                        "DINOv2 ViT, " + " or ".join(f"{name} ({b.size_mb:g} MB of weights)" for name, b in
-                                                     FOUNDATION_BACKBONES.items()) +
-                        ", downloaded once into the Hugging Face cache (default: %(default)s)")
+    p.add_argument("--backbone", default="vgg16", choices=PRETRAINED_BACKBONES,
+                   help="encoder for --notrain, with its pretrained weights, downloaded once: " + "; ".join(
+                       f"{n}: {ENCODERS[n].about}, {ENCODERS[n].weights}" for n in PRETRAINED_BACKBONES)
+                   + " (default: %(default)s)")
     p.add_argument("--pretrained", default=True, type=parse_bool_or_path,
                    help="--notrain's weights: true downloads them, a path reads a local copy, false keeps random "
                         "weights (to try the pipeline offline; the report says it is not a result) (default: true)")
@@ -132,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "COCO-20i 2-way 1-shot ResNet-50 row (18.0) is not in PANet's paper: Papers with Code files it "
                    "under PANet (see `python -m panet_lite paper`); its setting: --dataset coco20i --ways 2 "
                    "--shot-list 1 --backbone resnet50")
-    p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/DATASET, runs/DATASET-METHOD for a "
+                   "later method, and -notrain-BACKBONE after it with --notrain)")
+    p.add_argument("--notrain", action="store_true", help="train nothing: test the method's matching on the "
+                   "encoder's pretrained weights (--backbone dinov2_vits14, dinov2_vitb14, vgg16 or resnet50; "
+                   "--pretrained PATH for a local copy, false for random weights, which are no result); the "
+                   "table says no training")
     p.add_argument("--gpus", default=None, type=int_tuple(0), help="comma-separated GPU ids: run the (fold, shots) "
                    "jobs side by side, one per GPU at a time, each in its own process (default: one after the "
                    "other on --device)")
@@ -398,11 +401,12 @@ def cmd_reproduce(args) -> int:
                          "several GPUs with --gpus 0,1,...; torchrun is for one `train` or `test`")
     folds, shots = list(args.folds), list(args.shot_list)
     train_cfg, eval_cfg = _reproduce_configs(args)
-    out = args.out or runs_folder(args.dataset, train_cfg.method)
+    out = args.out or runs_folder(args.dataset, train_cfg.method) + (
+        f"-notrain-{train_cfg.backbone}" if args.notrain else "")
     if args.gpus and _given(args, "device"):
         raise ValueError("--gpus picks each job's GPU: drop --device")
     table = reproduce(args.dataset, args.root, out, train_cfg, eval_cfg, folds, shots,
-                      options=_dataset_options(args), gpus=args.gpus)
+                      options=_dataset_options(args), gpus=args.gpus, notrain=args.notrain)
     print(markdown(table))
     print(f"written to {out}/table.md and {out}/table.json")
     return 0

@@ -103,26 +103,31 @@ def train_classes(fold: int, n_classes: int = 20, n_folds: int = 4) -> list[int]
     return _benchmark_of(n_classes, n_folds).train_classes(fold)
 
 
-# The encoders' input statistics (ImageNet's): the data layer turns images into model input.
+# ImageNet's input statistics: what every encoder here but a future one is normalised with. Each
+# encoder declares its own (encoders.ENCODERS[name].stats); these are the default.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_STATS = (IMAGENET_MEAN, IMAGENET_STD)
+Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) per RGB channel, of [0, 1] images
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 1] float RGB images (..., 3, H, W) -> ImageNet-normalised float."""
+def normalize(images: torch.Tensor, stats: Stats = IMAGENET_STATS) -> torch.Tensor:
+    """uint8 or [0, 1] float RGB images (..., 3, H, W) -> float, minus `stats`' mean over its std
+    (ImageNet's by default; an encoder's own: `model.input_stats`)."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
-    return _standardise_(x)
+    return _standardise_(x, stats)
 
 
-def normalize_(grey_levels: torch.Tensor) -> torch.Tensor:
+def normalize_(grey_levels: torch.Tensor, stats: Stats = IMAGENET_STATS) -> torch.Tensor:
     """`normalize` of uint8 images given as float grey levels (..., 3, H, W), in place: the same values
     (the same operations in the same order), without allocating a new image per operation."""
-    return _standardise_(grey_levels.div_(255))
+    return _standardise_(grey_levels.div_(255), stats)
 
 
-def _standardise_(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] float RGB (..., 3, H, W) minus ImageNet's mean, over its std, in place."""
-    return x.sub_(x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)).div_(x.new_tensor(IMAGENET_STD).view(3, 1, 1))
+def _standardise_(x: torch.Tensor, stats: Stats) -> torch.Tensor:
+    """[0, 1] float RGB (..., 3, H, W) minus the mean, over the std, in place."""
+    mean, std = stats
+    return x.sub_(x.new_tensor(mean).view(3, 1, 1)).div_(x.new_tensor(std).view(3, 1, 1))
 
 
 class SegmentationSource:

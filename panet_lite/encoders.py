@@ -1,15 +1,19 @@
-"""Feature encoders at output stride 8: PANet's VGG-16, a dilated ResNet-50, the deep-stem ResNet-50 of
-MLC and SSP, and a small CPU CNN."""
+"""Feature encoders, each registered in ENCODERS with its input statistics, stride and smallest input:
+at output stride 8 PANet's VGG-16, a dilated ResNet-50, the deep-stem ResNet-50 of MLC and SSP and a
+small CPU CNN; at stride 14 the frozen DINOv2 ViTs of foundation.py."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .files import load_torch_file
-from .foundation import FOUNDATION_BACKBONES
+from .foundation import FOUNDATION_BACKBONES, PATCH_SIZE
 
 # (out_channels, n_convs) of VGG-16's five blocks.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -298,45 +302,112 @@ def load_vgg16_weights(encoder: VGG16Encoder, pretrained: bool | str | Path = Tr
     return True
 
 
-BACKBONES = ("vgg16", "resnet50", "resnet50-deepstem", "small")  # the encoders `train` trains
-FROZEN_BACKBONES = tuple(FOUNDATION_BACKBONES)  # DINOv2 patch features (foundation.py), stride 14, never trained
-OUTPUT_STRIDE = 8  # every encoder maps an n-pixel side to ceil(n / 8) feature pixels
+OUTPUT_STRIDE = 8  # the CNN encoders map an n-pixel side to ceil(n / 8) feature pixels
 # The smallest image side with at least 2 feature pixels per side: on a 1 x 1 feature map the
 # foreground and background prototypes are the same vector, and training stalls at loss ln 2.
 MIN_IMAGE_SIZE = OUTPUT_STRIDE + 1
 
 
-def min_image_size(encoder: nn.Module) -> int:
-    """The smallest image side `encoder` maps to 2 feature pixels a side (its own `min_size` where it
-    declares one, e.g. DINOv2's 21; else MIN_IMAGE_SIZE)."""
-    return getattr(encoder, "min_size", MIN_IMAGE_SIZE)
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A registered encoder, as timm's pretrained configs describe a model: how to build it, the
+    statistics its inputs are normalised with (mean, std per RGB channel, of [0, 1] images), its
+    output stride, the smallest image side it maps to 2 feature pixels a side, whether `train`
+    trains it (False: frozen features, tested with `test --notrain`), whether activation
+    checkpointing can cut it, and the pretrained weights `pretrained=True` loads (None: none to
+    download)."""
+
+    build: Callable[[bool | str | Path, str], nn.Module]  # (pretrained, resnet_layer) -> the encoder
+    about: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    stride: int = OUTPUT_STRIDE
+    min_size: int = MIN_IMAGE_SIZE
+    trains: bool = True
+    recompute: bool = False
+    weights: str | None = None
+
+    @property
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std): what the data pipeline normalises this encoder's images with."""
+        return self.mean, self.std
+
+
+def _vgg16(pretrained, resnet_layer) -> VGG16Encoder:
+    encoder = VGG16Encoder()
+    if pretrained:
+        load_vgg16_weights(encoder, pretrained)
+    return encoder
+
+
+def _small(pretrained, resnet_layer) -> SmallEncoder:
+    if pretrained:
+        raise ValueError("the small encoder has no ImageNet weights: use pretrained=False (--pretrained false; "
+                         "`test --notrain` needs --backbone vgg16 or resnet50)")
+    return SmallEncoder()
+
+
+def _dinov2(name: str) -> Callable[[bool | str | Path, str], nn.Module]:
+    def build(pretrained, resnet_layer):
+        from .foundation import build_dinov2
+
+        return build_dinov2(name, pretrained)
+    return build
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "vgg16": EncoderSpec(_vgg16, "the paper's VGG-16", recompute=True,
+                         weights="torchvision's VGG16_Weights.IMAGENET1K_V1 (528 MB)"),
+    "resnet50": EncoderSpec(lambda pretrained, layer: ResNet50Encoder(layer, pretrained), "a dilated ResNet-50",
+                            weights="torchvision's ResNet50_Weights.IMAGENET1K_V1 (98 MB)"),
+    "resnet50-deepstem": EncoderSpec(lambda pretrained, layer: DeepStemResNet50Encoder(pretrained),
+                                     "MLC's and SSP's deep-stem ResNet-50 (weights: a local file)"),
+    "small": EncoderSpec(_small, "the CPU course's small CNN", recompute=True),
+    **{name: EncoderSpec(_dinov2(name), f"a frozen DINOv2 {b.arch}", b.mean, b.std,
+                         PATCH_SIZE, 21, trains=False,
+                         weights=f"timm's {b.timm_name} ({b.size_mb:g} MB, Hugging Face hub)")
+       for name, b in FOUNDATION_BACKBONES.items()},
+}
+class _Names(Sequence):
+    """The names of the registered encoders that `keep` accepts, read from ENCODERS at each use (so an
+    encoder registered later is among them): what --backbone's choices and checks compare with."""
+
+    def __init__(self, keep: Callable[[EncoderSpec], bool]) -> None:
+        self.keep = keep
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(n for n, e in ENCODERS.items() if self.keep(e))
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+BACKBONES = _Names(lambda e: e.trains)  # the encoders `train` trains
+FROZEN_BACKBONES = _Names(lambda e: not e.trains)  # features only, never trained
+PRETRAINED_BACKBONES = _Names(lambda e: e.weights is not None)  # `test --notrain`'s choices
+RECOMPUTE_BACKBONES = _Names(lambda e: e.recompute)  # Sequentials that recompute_pieces can cut
+
+
+def encoder_spec(backbone: str) -> EncoderSpec:
+    """The registered encoder called `backbone`, or one clear error listing them."""
+    if backbone not in ENCODERS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(ENCODERS)}")
+    return ENCODERS[backbone]
 
 
 def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_layer: str = "layer3") -> nn.Module:
-    """The encoder named by `backbone`: "vgg16" (the paper's), "resnet50", "resnet50-deepstem", "small", or
-    a frozen DINOv2 ViT ("dinov2_vits14", "dinov2_vitb14"; `pretrained` True downloads DINOv2's weights)."""
-    if backbone in FROZEN_BACKBONES:
-        from .foundation import build_dinov2
-
-        return build_dinov2(backbone, pretrained)
-    if backbone == "vgg16":
-        encoder = VGG16Encoder()
-        if pretrained:
-            load_vgg16_weights(encoder, pretrained)
-        return encoder
-    if backbone == "resnet50":
-        return ResNet50Encoder(resnet_layer, pretrained)
-    if backbone == "resnet50-deepstem":
-        return DeepStemResNet50Encoder(pretrained)
-    if backbone == "small":
-        if pretrained:
-            raise ValueError("the small encoder has no ImageNet weights: use pretrained=False (--pretrained false; "
-                             "`test --notrain` needs --backbone vgg16 or resnet50)")
-        return SmallEncoder()
-    raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES + FROZEN_BACKBONES)}")
+    """The encoder registered as `backbone` (ENCODERS): "vgg16" (the paper's), "resnet50",
+    "resnet50-deepstem", "small", or a frozen DINOv2 ViT ("dinov2_vits14", "dinov2_vitb14").
+    `pretrained` True loads its weights (see ENCODERS[backbone].weights), a path a local copy."""
+    return encoder_spec(backbone).build(pretrained, resnet_layer)
 
 
-RECOMPUTE_BACKBONES = ("vgg16", "small")  # the Sequential encoders, which recompute_pieces can cut
 
 
 def recompute_pieces(encoder: nn.Module) -> list[nn.Sequential]:

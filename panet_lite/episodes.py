@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import IGNORE, SegmentationSource, data_file, normalize_
+from .data import IGNORE, IMAGENET_STATS, SegmentationSource, Stats, data_file, normalize_
 from .files import DataError
 from .supports import SUPPORTS, box_masks, resize_instances, scribble_masks
 
@@ -194,20 +194,22 @@ class EpisodeDataset(Dataset):
     `pil_resize` resizes images with PIL's bilinear filter (see `resize_pair`). `support` is what
     the supports are annotated with (`supports.SUPPORTS`): "dense" masks, "bbox" (the authors'
     boxes, from the source's instance masks) or "scribble" (our seeded strokes: the same episode
-    index and seed always give the same strokes).
+    index and seed always give the same strokes). `stats` are the (mean, std) the images are
+    normalised with: the encoder's (`model.input_stats`, from encoders.ENCODERS), ImageNet's by default.
     """
 
     def __init__(self, source: SegmentationSource, classes: Sequence[int], n_episodes: int, n_ways: int = 1,
                  n_shots: int = 1, n_queries: int = 1, seed: int = 1234, size: int | None = None,
                  flip: bool = False, faithful: bool = True, keep_query_size: bool = False,
-                 episodes: list[Episode] | None = None, pil_resize: bool = False, support: str = "dense") -> None:
+                 episodes: list[Episode] | None = None, pil_resize: bool = False, support: str = "dense",
+                 stats: Stats = IMAGENET_STATS) -> None:
         if support not in SUPPORTS:
             raise ValueError(f"--support must be one of {', '.join(SUPPORTS)}, got {support!r}")
         if support == "bbox" and source.instances_missing():
             raise DataError(f"--support bbox: {source.instances_missing()}")
         self.source, self.classes, self.support = source, list(classes), support
         self.size, self.flip, self.faithful, self.keep_query_size = size, flip, faithful, keep_query_size
-        self.pil_resize = pil_resize
+        self.pil_resize, self.stats = pil_resize, stats
         self.seed = seed
         if episodes is None:
             lists = source.class_lists(self.classes)
@@ -273,10 +275,10 @@ class EpisodeDataset(Dataset):
             bg.append(b)
         q_loaded = loaded[N * K:]
         item = {
-            "support_images": normalize_(s_imgs.float()),  # (N, K, 3, H, W)
+            "support_images": normalize_(s_imgs.float(), self.stats),  # (N, K, 3, H, W)
             "support_fg": torch.stack(fg).unflatten(0, (N, K)),  # (N, K, H, W)
             "support_bg": torch.stack(bg).unflatten(0, (N, K)),
-            "query_images": normalize_(torch.stack([im for im, _ in q_loaded]).float()),  # (Q, 3, H, W)
+            "query_images": normalize_(torch.stack([im for im, _ in q_loaded]).float(), self.stats),  # (Q, 3, H, W)
             "query_labels": episode_labels(torch.stack([lab for _, lab in q_loaded]), class_ids).long(),  # (Q, H, W)
             "class_ids": torch.tensor(class_ids),  # (N,) global ids
             "index": torch.tensor(index),

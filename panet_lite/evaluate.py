@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from . import distributed
-from .data import PASCAL5I, SegmentationSource
+from .data import IMAGENET_STATS, PASCAL5I, SegmentationSource
 from .encoders import MIN_IMAGE_SIZE
 from .episodes import (HSNET_EPISODES, HSNET_SEED, HSNET_SIZE, Episode, EpisodeDataset, as_episodes,
                        draw_hsnet_episodes, hsnet_pairs)
@@ -192,6 +192,11 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
         raise ValueError("models tested together must draw the same supports: test PANet apart from MLC and SSP "
                          "(their supports never count 255 borders as background)")
     borders = borders.pop()
+    stats = {tuple(map(tuple, getattr(m, "input_stats", IMAGENET_STATS))) for m in models.values()}
+    if len(stats) != 1:
+        raise ValueError("models tested together must take the same input: these encoders normalise their images "
+                         "with different statistics (ENCODERS[...].stats); test them one at a time")
+    stats = stats.pop()
     ranks = distributed.current()  # under torchrun: rank r tests episodes r, r + W, r + 2W, ... of each run
     progress = progress and ranks.main
     models = {key: m.to(device, getattr(torch, config.dtype)).eval() for key, m in models.items()}
@@ -203,7 +208,7 @@ def evaluate(model: PANet | Mapping[Hashable, PANet], source: SegmentationSource
         dataset = EpisodeDataset(source, classes, config.episodes, config.ways, config.shots, config.queries,
                                  seed=config.seed + run, size=config.size, flip=False,
                                  faithful=config.protocol == "faithful" and borders, keep_query_size=full_size,
-                                 episodes=fixed, pil_resize=hsnet, support=config.support)
+                                 episodes=fixed, pil_resize=hsnet, support=config.support, stats=stats)
         drawn.append([ep.__dict__ for ep in dataset.episodes])
         # The corrected meter (false positives of absent classes counted) is, on 1-way episodes,
         # HSNet's too: per class, fg and bg intersection and union summed over episodes, 255 left out.

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .alignment import alignment_loss, alignment_terms
-from .data import IGNORE, SegmentationSource, fold_classes, train_classes
+from .data import IGNORE, IMAGENET_STATS, SegmentationSource, Stats, fold_classes, train_classes
 from .episodes import EpisodeDataset, resize_pair
 from .evaluate import class_argmax, predict
 from .matching import prototype_scores
@@ -43,13 +43,15 @@ def split_classes(fold: int, split: str = "test", n_classes: int = 20) -> list[i
 
 
 def load_episode(source: SegmentationSource, classes: Sequence[int], ways: int = 1, shots: int = 1,
-                 seed: int = 1234, index: int = 0, queries: int = 1, size: int | None = None):
+                 seed: int = 1234, index: int = 0, queries: int = 1, size: int | None = None,
+                 stats: Stats = IMAGENET_STATS):
     """Episode `index` of the sampler's stream `seed`, as (Episode of image ids, EpisodeDataset item).
 
     The item holds support_images (N, K, 3, H, W), support_fg/support_bg (N, K, H, W),
-    query_images (Q, 3, H, W), query_labels (Q, H, W) and class_ids (N,), unbatched.
+    query_images (Q, 3, H, W), query_labels (Q, H, W) and class_ids (N,), unbatched. The images
+    are normalised with `stats`: the encoder's (`model.input_stats`) when a model will encode them.
     """
-    dataset = EpisodeDataset(source, classes, index + 1, ways, shots, queries, seed=seed, size=size)
+    dataset = EpisodeDataset(source, classes, index + 1, ways, shots, queries, seed=seed, size=size, stats=stats)
     return dataset.episodes[index], dataset[index]
 
 
@@ -339,7 +341,7 @@ def episode_counts(model: PANet, source: SegmentationSource, classes: Sequence[i
     the episodes of `evaluate`'s first run) and keep each episode's own TP, FP and FN per global
     class under both meters. Returns {"faithful": (3, E, C + 1), "corrected": (3, E, C + 1)}
     (rows TP, FP, FN; column 0 is background)."""
-    dataset = EpisodeDataset(source, classes, episodes, ways, shots, 1, seed=seed, size=size)
+    dataset = EpisodeDataset(source, classes, episodes, ways, shots, 1, seed=seed, size=size, stats=model.input_stats)
     device = next(model.parameters()).device
     model.eval()
     counts = {name: torch.zeros(3, episodes, source.num_classes + 1, dtype=torch.float64) for name in METERS}

@@ -20,12 +20,16 @@ from .files import load_torch_file
 
 
 class FoundationBackbone(NamedTuple):
-    """A DINOv2 model: timm's name for it, the Hugging Face repo timm downloads it from, and the size
-    of that repo's model.safetensors in MB (10^6 bytes)."""
+    """A DINOv2 model: timm's name for it, the Hugging Face repo timm downloads it from, the size
+    of that repo's model.safetensors in MB (10^6 bytes), its architecture, and the mean and std its inputs are
+    normalised with (timm's pretrained config gives ImageNet's, as DINOv2's own transforms do)."""
 
     timm_name: str
     hf_repo: str
     size_mb: float
+    arch: str  # in DINOv2's paper's words
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 # Sizes as listed on each repo's "Files and versions" page (huggingface.co/<repo>/tree/main,
@@ -33,9 +37,9 @@ class FoundationBackbone(NamedTuple):
 # (22,056,192 and 86,579,712 parameters: 88.2 MB and 346.3 MB).
 FOUNDATION_BACKBONES = {
     "dinov2_vits14": FoundationBackbone("vit_small_patch14_dinov2.lvd142m", "timm/vit_small_patch14_dinov2.lvd142m",
-                                        88.2),
+                                        88.2, "ViT-S/14"),
     "dinov2_vitb14": FoundationBackbone("vit_base_patch14_dinov2.lvd142m", "timm/vit_base_patch14_dinov2.lvd142m",
-                                        346.0),
+                                        346.0, "ViT-B/14"),
 }
 HF_WEIGHTS_FILE = "model.safetensors"  # the file timm fetches first from these repos
 PATCH_SIZE = 14

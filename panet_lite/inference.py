@@ -77,9 +77,10 @@ def segment(model: PANet, support_images: Sequence[Sequence], support_masks: Seq
         raise ValueError(f"with size=None all images must share one size, got {sorted(sizes)}")
     N, K = len(support_images), shots.pop()
     device = next(model.parameters()).device
-    s_imgs = normalize(torch.stack(images)).unflatten(0, (N, K))[None].to(device)  # (1, N, K, 3, h, w)
+    stats = model.input_stats  # the encoder's (mean, std)
+    s_imgs = normalize(torch.stack(images), stats).unflatten(0, (N, K))[None].to(device)  # (1, N, K, 3, h, w)
     s_fg = torch.stack(fg).float().unflatten(0, (N, K))[None].to(device)  # (1, N, K, h, w)
-    q_imgs = normalize(torch.stack(queries))[None].to(device)  # (1, Q, 3, h, w)
+    q_imgs = normalize(torch.stack(queries), stats)[None].to(device)  # (1, Q, 3, h, w)
     model.eval()
     logits = model(s_imgs, s_fg, 1 - s_fg, q_imgs).logits[0].float()  # (Q, 1 + N, h, w)
     full = [F.interpolate(logits[q:q + 1], size=original, mode="bilinear", align_corners=False)[0]

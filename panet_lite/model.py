@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .episodes import size_mismatch
-from .encoders import build_encoder, min_image_size, recompute_pieces
+from .encoders import EncoderSpec, build_encoder, encoder_spec, recompute_pieces
 from .methods import METHODS, Method, PANetOutput, get_method
 
 __all__ = ["METHODS", "PANet", "PANetOutput"]
@@ -39,6 +39,7 @@ class PANet(nn.Module):
                  refine: bool = False) -> None:
         super().__init__()
         self.backbone, self.resnet_layer = backbone, resnet_layer
+        self.encoder_spec: EncoderSpec = encoder_spec(backbone)  # its input statistics, stride, smallest input
         self._set_method(method, align, alpha, refine)
         self.encoder = build_encoder(backbone, pretrained, resnet_layer)
 
@@ -68,6 +69,11 @@ class PANet(nn.Module):
                 "method": self.method, "refine": self.refine}
 
     @property
+    def input_stats(self):
+        """(mean, std) the data pipeline normalises this model's images with: its encoder's (ENCODERS)."""
+        return self.encoder_spec.stats
+
+    @property
     def borders_are_background(self) -> bool:
         """Whether this method's supports count their 255 borders as background (PANet's code does)."""
         return self.matching.borders_are_background
@@ -77,11 +83,10 @@ class PANet(nn.Module):
         B, N, K = support_images.shape[:3]
         Q = query_images.shape[1]
         images = torch.cat([support_images.flatten(0, 2), query_images.flatten(0, 1)])
-        smallest = min_image_size(self.encoder)
-        if min(images.shape[-2:]) < smallest:  # 1 feature pixel a side: fg and bg prototypes coincide
-            stride = getattr(self.encoder, "stride", 8)
+        spec = self.encoder_spec
+        if min(images.shape[-2:]) < spec.min_size:  # 1 feature pixel a side: fg and bg prototypes coincide
             raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} pixels are too small for the "
-                             f"stride-{stride} encoder: use at least {smallest} pixels a side (--size)")
+                             f"stride-{spec.stride} encoder: use at least {spec.min_size} pixels a side (--size)")
         feats = self._run_encoder(images)
         return feats[: B * N * K].unflatten(0, (B, N, K)), feats[B * N * K:].unflatten(0, (B, Q))
 

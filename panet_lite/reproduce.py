@@ -13,13 +13,15 @@ from typing import Mapping, Sequence
 
 from .evaluate import EvalConfig, check_support, evaluate
 from .methods import get_method, run_folder
-from .paper import later_markdown
+from .model import PANet
+from .paper import foundation_markdown, later_markdown
 from .sources import REGISTRY, benchmark, open_source, split_for
 from .train import TrainConfig, recipe, train
 
 
 REPRODUCTION = "reproduction"
 PIPELINE_CHECK = "synthetic pipeline check"  # the kind of a table built without the paper's numbers
+NO_TRAINING = "no training"  # the kind of a table of untrained models (reproduce --notrain)
 HSNET_TEST = "HSNet's test"  # the kind of a table under --protocol hsnet: PANet's published numbers are another test's
 FAITHFUL_TEST = "panet"  # the key of paper.TESTS that our faithful protocol implements (PANet's own test)
 
@@ -53,8 +55,10 @@ def results_name(eval_cfg: EvalConfig) -> str:
 
 
 def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainConfig, eval_cfg: EvalConfig,
-                   out: Path, progress: bool = True, options: Mapping | None = None) -> dict:
+                   out: Path, progress: bool = True, options: Mapping | None = None, notrain: bool = False) -> dict:
     """One cell of the table: train (or resume, or load) the model of (fold, shots), then test it.
+    With `notrain`, nothing is trained: the method's matching runs on the encoder's pretrained (or,
+    with pretrained False, random) weights, `train_cfg.backbone`, `.pretrained`, `.method`, `.refine`.
 
     Returns the row written to `out/foldF-Nway-Kshot/results-PROTOCOL.json`. A row found there
     for the same training recipe, step count and test settings is returned without any work; a
@@ -71,15 +75,20 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
     results = d / results_name(eval_cfg)
     if results.is_file():
         row = json.loads(results.read_text())
-        if _same_setting(row, train_cfg, eval_cfg):
+        if _same_setting(row, train_cfg, eval_cfg, notrain):
             return row
     test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), options)
     check_support(test_source, eval_cfg.support)  # before training: boxes without instance masks fail now
-    source = open_source(dataset, root, split_for(dataset, "train"), options)
-    model, _ = train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)  # or load, if done
+    if notrain:
+        model = PANet(train_cfg.backbone, pretrained=train_cfg.pretrained, method=train_cfg.method,
+                      refine=train_cfg.refine)
+    else:
+        source = open_source(dataset, root, split_for(dataset, "train"), options)
+        model, _ = train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)  # or load, if done
     result = evaluate(model, test_source, bench.test_classes(fold), eval_cfg, progress=progress)
     row = {"dataset": dataset, "fold": fold, "shots": shots, "ways": train_cfg.ways, **result.as_dict(),
-           "train_config": asdict(train_cfg), "eval_config": asdict(eval_cfg)}
+           "train_config": asdict(train_cfg), "eval_config": asdict(eval_cfg), "notrain": notrain}
+    d.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(row, indent=1))
     return row
 
@@ -88,10 +97,17 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
 _EVAL_RUN_ONLY = ("batch_size", "device", "workers", "save_episodes", "compile")
 
 
-def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig) -> bool:
-    """Whether a saved results row was produced by this recipe, step count and test protocol."""
+def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig, notrain: bool = False) -> bool:
+    """Whether a saved results row was produced by this recipe, step count and test protocol (with
+    `notrain`: by the same encoder, weights, method and test, untrained)."""
     saved_train, saved_eval = row.get("train_config", {}), row.get("eval_config", {})
     now_train, now_eval = recipe(train_cfg), json.loads(json.dumps(asdict(eval_cfg)))
+    if row.get("notrain", False) != notrain:
+        return False
+    if notrain:
+        same_model = all(saved_train.get(k) == getattr(train_cfg, k)
+                         for k in ("backbone", "pretrained", "method", "refine", "ways"))
+        return same_model and all(saved_eval.get(k, v) == v for k, v in now_eval.items() if k not in _EVAL_RUN_ONLY)
     # A field the results file predates counts as unchanged (new fields default to the old behaviour).
     return (saved_train.get("steps") == train_cfg.steps
             and all(recipe(saved_train).get(k, v) == v for k, v in now_train.items())
@@ -101,8 +117,9 @@ def _same_setting(row: dict, train_cfg: TrainConfig, eval_cfg: EvalConfig) -> bo
 def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_cfg: EvalConfig,
               folds: Sequence[int] = (0, 1, 2, 3), shots: Sequence[int] = (1, 5), progress: bool = True,
               options: Mapping | None = None, compare: bool | None = None,
-              gpus: Sequence[int] | None = None) -> dict:
+              gpus: Sequence[int] | None = None, notrain: bool = False) -> dict:
     """Train and test every (fold, shots) model, then write `table.md` and `table.json` to `out`.
+    With `notrain`, nothing is trained (see `train_and_test`) and the table says so.
 
     `compare` is passed to `summarize`: whether the table sets the paper's numbers beside ours.
     `gpus` (e.g. (0, 1, 2, 3)) runs the (fold, shots) jobs side by side, each in its own process on
@@ -115,9 +132,10 @@ def reproduce(dataset: str, root, out: str | Path, train_cfg: TrainConfig, eval_
     cells = [(f, k) for k in shots for f in folds]
     if gpus:
         check_gpus(gpus)
-        rows = _run_on_gpus(cells, list(gpus), dataset, root, train_cfg, eval_cfg, out, progress, options)
+        rows = _run_on_gpus(cells, list(gpus), dataset, root, train_cfg, eval_cfg, out, progress, options, notrain)
     else:
-        rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, options) for f, k in cells]
+        rows = [train_and_test(dataset, root, f, k, train_cfg, eval_cfg, out, progress, options, notrain)
+                for f, k in cells]
     table = summarize(dataset, rows, train_cfg.ways, compare)
     (out / "table.json").write_text(json.dumps(table, indent=1))
     (out / "table.md").write_text(markdown(table))
@@ -157,7 +175,8 @@ def cell_device(gpu: int) -> str:
     return f"cuda:{gpu}"
 
 
-def _run_on_gpus(cells, gpus, dataset, root, train_cfg, eval_cfg, out, progress, options) -> list[dict]:
+def _run_on_gpus(cells, gpus, dataset, root, train_cfg, eval_cfg, out, progress, options, notrain=False
+                 ) -> list[dict]:
     """Each (fold, shots) job in a fresh process on a free GPU of `gpus`; rows in the order of `cells`."""
     import multiprocessing
     import threading
@@ -177,7 +196,7 @@ def _run_on_gpus(cells, gpus, dataset, root, train_cfg, eval_cfg, out, progress,
                     return
                 fold, shots = pending.pop(0)
             job = (dataset, root, fold, shots, replace(train_cfg, device=device), replace(eval_cfg, device=device),
-                   out, False, options)
+                   out, False, options, notrain)
             try:  # a ProcessPoolExecutor's process, unlike a Pool's, may start DataLoader workers of its own
                 with ProcessPoolExecutor(1, mp_context=spawn) as pool:
                     row = pool.submit(_job_sharing_cores, len(gpus), cores_each, *job).result()
@@ -223,7 +242,10 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
     paper_rows = registered.paper if registered is not None else dataset  # which published rows to set beside
     hsnet = any(r.get("eval_config", {}).get("protocol") == "hsnet" for r in rows)
     compare = paper_rows is not None if compare is None else compare
+    synthetic = not compare  # no published rows for this data at all: a pipeline check
     compare = compare and not hsnet  # the paper's numbers come from its own test, not HSNet's
+    notrain = bool(rows) and rows[0].get("notrain", False)
+    compare = compare and not notrain  # published numbers are those of trained models
     method = rows[0].get("train_config", {}).get("method", "panet") if rows else "panet"
     support = rows[0].get("eval_config", {}).get("support", "dense") if rows else "dense"
     settings = []
@@ -248,9 +270,15 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
                       "paper_in_paper": getattr(paper, "in_paper", True)}  # False: not a number of PANet's paper
         settings.append(entry)
     kind = HSNET_TEST if hsnet and paper_rows is not None else REPRODUCTION if compare else PIPELINE_CHECK
+    if notrain and not synthetic:
+        kind = NO_TRAINING
     protocol = rows[0].get("eval_config", {}).get("protocol", "faithful") if rows else "faithful"
-    return {"dataset": dataset, "kind": kind, "method": method, "protocol": protocol, "support": support,
-            "settings": settings}
+    table = {"dataset": dataset, "kind": kind, "method": method, "protocol": protocol, "support": support,
+             "settings": settings}
+    if notrain:  # which features were matched: a table of untrained models says so in its title
+        saved = rows[0].get("train_config", {})
+        table["notrain"] = {"backbone": saved.get("backbone"), "pretrained": saved.get("pretrained") not in (False, None)}
+    return table
 
 
 def title(table: dict) -> str:
@@ -272,6 +300,8 @@ SUPPORT_TITLES = {
 
 
 def _title(table: dict) -> str:
+    if table.get("notrain"):
+        return _notrain_title(table)
     if table.get("kind") == HSNET_TEST:
         return (f"Results on {table['dataset']} under {HSNET_TEST} (its fixed val lists, one run of 1,000 episodes, "
                 f"seed 0, 400 px; mIoU %). PANet's published numbers come from PANet's own test, so none "
@@ -296,6 +326,19 @@ def _title(table: dict) -> str:
     return f"Results on {table['dataset']} (mIoU %, mean ± std over runs; paper and difference in brackets)"
 
 
+def _notrain_title(table: dict) -> str:
+    """A table of untrained models: which matching on which features, under which test; no published
+    number beside (they are trained models'); random weights said to be no result."""
+    setting, method = table["notrain"], get_method(table.get("method", "panet"))
+    features = (f"{setting['backbone']}'s pretrained features" if setting["pretrained"] else
+                f"{setting['backbone']}'s RANDOM weights (--pretrained false): NOT a result, a check that the "
+                f"pipeline runs")
+    where = (f"{PIPELINE_CHECK} on the embedded data" if table.get("kind") == PIPELINE_CHECK
+             else table["dataset"])
+    spread = "one run of 1,000 episodes" if table.get("protocol") == "hsnet" else "mean ± std over runs"
+    return (f"No training: {method.title}'s matching on {features}; {where}, {table.get('protocol', 'faithful')} "
+            f"protocol (mIoU %, {spread}). No published number is set beside: those are of trained models")
+
 
 def markdown(table: dict) -> str:
     """The table as Markdown: each of our cells with the paper's number and the difference (ours -
@@ -310,7 +353,8 @@ def markdown(table: dict) -> str:
             if f not in miou:
                 cells.append("")
                 continue
-            cell = f"{miou[f]:.1f}" if table.get("kind") == HSNET_TEST else f"{miou[f]:.1f} ± {std[f]:.1f}"
+            one_run = table.get("kind") == HSNET_TEST or (table.get("notrain") and table.get("protocol") == "hsnet")
+            cell = f"{miou[f]:.1f}" if one_run else f"{miou[f]:.1f} ± {std[f]:.1f}"
             if f in paper:
                 cell += f" ({paper[f]:.1f}, {miou[f] - paper[f]:+.1f})"
             cells.append(cell)
@@ -326,4 +370,7 @@ def markdown(table: dict) -> str:
         if later:
             lines += ["", "Published numbers of later methods, for comparison (not PANet; each measured under the "
                           "test named, which is not always HSNet's):", "", later]
+    if table.get("kind") == NO_TRAINING:  # what later methods built on frozen foundation models published
+        lines += ["", "Published results of later methods built on frozen foundation models, for orientation "
+                      "(each under its own test; most also use SAM):", "", foundation_markdown()]
     return "\n".join(lines) + "\n"

@@ -14,8 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from . import distributed
-from .data import IGNORE, SegmentationSource
-from .encoders import BACKBONES, MIN_IMAGE_SIZE, RECOMPUTE_BACKBONES
+from .data import IGNORE, IMAGENET_STATS, SegmentationSource
+from .encoders import ENCODERS, MIN_IMAGE_SIZE, RECOMPUTE_BACKBONES, encoder_spec
 from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .methods import ALIGN, METHODS, get_method, methods_help
@@ -29,8 +29,9 @@ from .runtime import (DEVICE_HELP, DTYPES, WORKERS_HELP, at_least_float32, auto_
 class TrainConfig:
     """Defaults are PANet's PASCAL-5i recipe (docs/protocol.md, section 4)."""
 
-    backbone: str = option("vgg16", "encoder: the paper's vgg16, a dilated resnet50, or the CPU course's small CNN",
-                           choices=BACKBONES)
+    backbone: str = option("vgg16", "encoder: the paper's vgg16, a dilated resnet50, MLC's and SSP's "
+                                    "resnet50-deepstem, or the CPU course's small CNN; a frozen one (dinov2_vits14, "
+                                    "dinov2_vitb14) with reproduce --notrain only", choices=ENCODERS.keys())
     pretrained: bool | str = option(True, "ImageNet initialisation of the encoder: true, false, or the path of a "
                                           "local .pth state dict", parse=parse_bool_or_path)
     method: str = option("panet", methods_help(), choices=METHODS.keys())  # a live view: registered methods
@@ -72,8 +73,6 @@ class TrainConfig:
         check_options(self)
         method = get_method(self.method)
         method.check(self.align, self.refine)
-        if not method.trains:
-            raise ValueError(f"{method.title} is not trained: evaluate it with `test --notrain --method {method.name}`")
         method.check_ways(self.ways)
         check_precision(self.amp, self.dtype)
         if self.recompute and self.backbone not in RECOMPUTE_BACKBONES:
@@ -231,6 +230,19 @@ def _check_resumable(ckpt: dict, config: TrainConfig, path: Path) -> None:
                          f"ask for at least {ckpt['step']} steps or use another output directory")
 
 
+def check_trainable(config: TrainConfig) -> None:
+    """Refuse, in one line, a method or an encoder that is not trained (frozen features, a training-free
+    method): they are tested as they are, with `test --notrain` or `reproduce --notrain`."""
+    method, encoder = get_method(config.method), encoder_spec(config.backbone)
+    if not method.trains:
+        raise ValueError(f"{method.title} is not trained: test it as it is with `test --notrain --method "
+                         f"{method.name}` or `reproduce --notrain --method {method.name}`")
+    if not encoder.trains:
+        raise ValueError(f"{config.backbone} is {encoder.about}: its features are never trained; test them as they "
+                         f"are with `test --notrain --backbone {config.backbone}` or `reproduce --notrain "
+                         f"--backbone {config.backbone}`")
+
+
 def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfig, out: str | Path | None = None,
           model: PANet | None = None, progress: bool = True) -> tuple[PANet, list[dict]]:
     """Train PANet on episodes of `classes` drawn from `source`; returns the model and the loss history.
@@ -242,6 +254,7 @@ def train(source: SegmentationSource, classes: Sequence[int], config: TrainConfi
     returned at once (rerunning a finished command costs nothing). While it runs, `out` is locked:
     a second `train` on the same folder is refused, naming the process that holds it.
     """
+    check_trainable(config)
     if out is None:
         return _train(source, classes, config, None, model, progress)
     finished = _finished_run(Path(out) / "checkpoint.pt", config, model)
@@ -332,7 +345,8 @@ def _train(source: SegmentationSource, classes: Sequence[int], config: TrainConf
     model.train()
     dataset = EpisodeDataset(source, classes, config.steps * config.batch_size, config.ways, config.shots,
                              config.queries, config.seed, config.size, config.flip,
-                             config.faithful and getattr(model, "borders_are_background", True))
+                             config.faithful and getattr(model, "borders_are_background", True),
+                             stats=getattr(model, "input_stats", IMAGENET_STATS))
     # Batch s is episodes s*B .. s*B + B - 1 of the stream; under torchrun rank r takes its share of each.
     share = config.batch_size // ranks.world
     first = state.step * config.batch_size + ranks.rank * share

@@ -168,7 +168,8 @@ class _EncodedEpisodeView(_View):
         key = (self.seed.value, self.index.value, self.ways.value)
         if self._drawn is None or self._drawn[0] != key:
             self._drawn = (key, *load_episode(self.source, self.classes, self.ways.value, self.max_shots,
-                                              self.seed.value, self.index.value, self.queries, self.size))
+                                              self.seed.value, self.index.value, self.queries, self.size,
+                                              self.model.input_stats))
             self._encoded = {}
         if id(model) not in self._encoded:
             self._encoded[id(model)] = encode_episode(model, self._drawn[2])
@@ -328,6 +329,9 @@ class ModelSwapWidget(_EncodedEpisodeView):
         chosen = next(iter(self.models)) if model is None else model
         if chosen not in self.models:
             raise ValueError(f"model {chosen!r} is not one of {list(self.models)}")
+        if len({m.input_stats for m in self.models.values()}) > 1:  # one drawn episode is shown to every model
+            raise ValueError("these models' encoders normalise their images with different statistics "
+                             "(ENCODERS[...].stats): show them in separate widgets")
         controls = self._episode_controls(self.models[chosen], source, fold, ways, shots, seed, index, max_shots, size)
         self.choice = widgets.ToggleButtons(options=list(self.models), value=chosen, description="model",
                                             style={"button_width": "auto"})

@@ -180,3 +180,70 @@ def test_without_a_network_the_hub_cache_is_read_at_once_and_a_missing_file_is_o
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), saved(x))
+
+
+def test_segment_takes_a_frozen_dinov2_encoder():
+    from panet_lite import segment
+    from panet_lite.model import PANet
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (50, 61, 3), generator=g, dtype=torch.uint8).numpy()
+    query = torch.randint(0, 256, (47, 39, 3), generator=g, dtype=torch.uint8).numpy()
+    mask = torch.zeros(50, 61, dtype=torch.long)
+    mask[10:40, 20:50] = 1
+    model = PANet("dinov2_vits14", method="ssp")  # random weights: shapes and mechanics only
+    (labels,) = segment(model, [[image]], [[mask.numpy()]], [query], size=56)
+    assert labels.shape == (47, 39) and set(labels.unique().tolist()) <= {0, 1}
+
+
+def test_reproduce_notrain_trains_nothing_says_so_and_reuses_only_untrained_rows(tmp_path, monkeypatch):
+    from panet_lite import reproduce as rep
+    from panet_lite.evaluate import EvalConfig
+    from panet_lite.train import TrainConfig
+
+    cfg = TrainConfig(backbone="small", pretrained=False, size=40)
+    ev = EvalConfig(runs=1, episodes=20, size=40, device="cpu")  # 20: every class of fold 0 drawn
+    monkeypatch.setattr(rep, "train", lambda *a, **k: pytest.fail("reproduce --notrain trained a model"))
+    table = rep.reproduce("synthetic", None, tmp_path, cfg, ev, folds=(0,), shots=(1,), progress=False, notrain=True)
+    assert table["notrain"] == {"backbone": "small", "pretrained": False}
+    text = (tmp_path / "table.md").read_text()
+    assert text.startswith("No training: PANet's matching on small's RANDOM weights (--pretrained false): NOT a "
+                           "result") and "synthetic pipeline check" in text
+    assert not (tmp_path / "fold0-1way-1shot" / "checkpoint.pt").exists()
+    row = json.loads((tmp_path / "fold0-1way-1shot" / "results-faithful.json").read_text())
+    assert row["notrain"] is True
+    monkeypatch.setattr(rep, "evaluate", lambda *a, **k: pytest.fail("a saved untrained row was tested again"))
+    assert rep.reproduce("synthetic", None, tmp_path, cfg, ev, folds=(0,), shots=(1,), progress=False,
+                         notrain=True)["settings"] == table["settings"]
+    assert not rep._same_setting(row, cfg, ev, notrain=False)  # a trained run never takes an untrained row
+    assert not rep._same_setting(row, TrainConfig(backbone="small", pretrained=False, method="mlc", align=False),
+                                 ev, notrain=True)
+
+
+def test_an_untrained_table_on_a_benchmark_sets_no_published_number_beside_and_shows_the_foundation_results():
+    from panet_lite import reproduce as rep
+
+    rows = [{"dataset": "pascal5i", "fold": f, "shots": 1, "ways": 1, "miou": 0.5, "miou_std": 0.01, "fb_iou": 0.6,
+             "train_config": {"backbone": "dinov2_vits14", "pretrained": True, "method": "panet"},
+             "eval_config": {"protocol": "hsnet"}, "notrain": True} for f in range(4)]
+    table = rep.summarize("pascal5i", rows)
+    assert table["kind"] == rep.NO_TRAINING and table["settings"][0].get("paper_mean") is None
+    text = rep.markdown(table)
+    assert text.startswith("No training: PANet's matching on dinov2_vits14's pretrained features; pascal5i, hsnet "
+                           "protocol (mIoU %, one run of 1,000 episodes)")
+    assert "| 1-way 1-shot | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 60.0 |" in text
+    assert "frozen foundation models" in text and "Matcher" in text
+
+
+def test_the_command_line_s_reproduce_notrain_writes_to_its_own_folder(monkeypatch, tmp_path):
+    from panet_lite import cli, reproduce as rep
+
+    got = {}
+    monkeypatch.setattr(rep, "reproduce", lambda *a, **k: got.update(out=a[2], cfg=a[3], notrain=k["notrain"])
+                        or {"settings": [], "dataset": "synthetic"})
+    monkeypatch.setattr(rep, "markdown", lambda table: "")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["reproduce", "--dataset", "synthetic", "--notrain", "--backbone", "dinov2_vits14",
+                     "--method", "ssp", "--pretrained", "false"]) == 0
+    assert got["notrain"] and got["out"] == "runs/synthetic-ssp-notrain-dinov2_vits14"
+    assert (got["cfg"].backbone, got["cfg"].method) == ("dinov2_vits14", "ssp")

@@ -130,8 +130,11 @@ def test_a_method_registered_at_run_time_reaches_the_model_training_folders_and_
 
 def test_an_untrained_method_is_refused_by_training_and_unknown_names_name_the_choices(cos10, monkeypatch):
     monkeypatch.setattr(cos10, "trains", False, raising=False)
-    with pytest.raises(ValueError, match="is not trained: evaluate it with `test --notrain --method cos10`"):
-        TrainConfig(method="cos10", align=False)
+    with pytest.raises(ValueError, match="is not trained: test it as it is with `test --notrain --method cos10`"):
+        train(SyntheticFewShot("trainaug", 60, size=40), train_classes(0), TrainConfig(method="cos10", align=False))
+    with pytest.raises(ValueError, match="dinov2_vits14 is a frozen DINOv2 ViT-S/14: its features are never "
+                                         "trained; test them as they are with `test --notrain"):
+        train(SyntheticFewShot("trainaug", 60, size=40), train_classes(0), TrainConfig(backbone="dinov2_vits14"))
     with pytest.raises(ValueError, match="unknown method 'fss'; choose one of panet, mlc, ssp, cos10"):
         get_method("fss")
 
@@ -147,3 +150,116 @@ def test_the_registry_holds_what_the_course_quotes():
     assert METHODS["panet"].published_weak("bbox", "pascal5i", 1, 1) is not None
     assert METHODS["mlc"].published_weak("bbox", "pascal5i", 1, 1) is None
     assert methods.run_folder("coco", "panet") == "runs/coco"
+
+
+# ----------------------------------------------------------------------------- encoders
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from panet_lite import encoders, evaluate as evaluating, inference  # noqa: E402
+from panet_lite import train as training  # noqa: E402
+from panet_lite.data import IMAGENET_STATS, fold_classes  # noqa: E402
+from panet_lite.encoders import ENCODERS, EncoderSpec, encoder_spec  # noqa: E402
+from panet_lite.episodes import EpisodeDataset  # noqa: E402
+from panet_lite.evaluate import EvalConfig  # noqa: E402
+
+
+def test_each_encoder_declares_the_statistics_and_sizes_of_its_weights():
+    import timm
+    from torchvision.models import ResNet50_Weights, VGG16_Weights
+
+    for name, enum in (("vgg16", VGG16_Weights), ("resnet50", ResNet50_Weights)):
+        weights = enum.IMAGENET1K_V1
+        spec = ENCODERS[name]
+        assert f"({weights.meta['_file_size']:.0f} MB)" in spec.weights
+        assert list(spec.mean) == weights.transforms().mean and list(spec.std) == weights.transforms().std
+    for name in encoders.FROZEN_BACKBONES:
+        cfg = timm.models.get_pretrained_cfg(ENCODERS[name].weights.split()[1])
+        assert (ENCODERS[name].mean, ENCODERS[name].std) == (tuple(cfg.mean), tuple(cfg.std))
+    assert tuple(encoders.BACKBONES) == ("vgg16", "resnet50", "resnet50-deepstem", "small")
+    assert tuple(encoders.FROZEN_BACKBONES) == ("dinov2_vits14", "dinov2_vitb14")
+    assert tuple(encoders.RECOMPUTE_BACKBONES) == ("vgg16", "small")
+    with pytest.raises(ValueError, match="unknown backbone 'vgg19'; choose one of vgg16, resnet50"):
+        encoder_spec("vgg19")
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "resnet50-deepstem", "small", "dinov2_vits14"])
+@torch.no_grad()
+def test_each_encoder_s_stride_and_smallest_input_are_what_it_computes(name):
+    spec = ENCODERS[name]
+    encoder = spec.build(False, "layer3").eval()
+    for side, cells in ((spec.min_size, 2), (spec.min_size - 1, 1), (4 * spec.stride, 4)):
+        assert encoder(torch.zeros(1, 3, side, side)).shape[-2:] == (cells, cells), (name, side)
+    model = PANet(name)
+    with pytest.raises(ValueError, match=f"too small for the stride-{spec.stride} encoder: use at least "
+                                         f"{spec.min_size} pixels"):
+        model.encode(torch.zeros(1, 1, 1, 3, spec.min_size - 1, 40), torch.zeros(1, 1, 3, spec.min_size - 1, 40))
+
+
+UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] images, unchanged
+
+
+@pytest.fixture
+def unit_small(monkeypatch):
+    """An encoder registered at run time whose inputs are [0, 1] images (another mean and std)."""
+    monkeypatch.setitem(ENCODERS, "small-unit", _replace(ENCODERS["small"], mean=UNIT[0], std=UNIT[1]))
+    return "small-unit"
+
+
+def test_the_data_pipeline_normalises_with_the_encoder_s_statistics(unit_small, monkeypatch):
+    source = SyntheticFewShot("val", 200, size=32)
+    plain = EpisodeDataset(source, fold_classes(0), 1, seed=3)[0]
+    unit = EpisodeDataset(source, fold_classes(0), 1, seed=3, stats=UNIT)[0]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in IMAGENET_STATS)
+    torch.testing.assert_close(plain["query_images"], (unit["query_images"] - mean) / std, rtol=1e-6, atol=1e-6)
+    assert unit["query_images"].min() >= 0 and unit["query_images"].max() <= 1
+
+    model = PANet(unit_small)
+    assert model.input_stats == UNIT and PANet("small").input_stats == IMAGENET_STATS
+    seen = []
+    real = EpisodeDataset
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("stats"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluating, "EpisodeDataset", spy)
+    monkeypatch.setattr(training, "EpisodeDataset", spy)
+    evaluating.evaluate(model, source, fold_classes(0), EvalConfig(runs=1, episodes=2, size=32, device="cpu"),
+                        progress=False)
+    cfg = TrainConfig(backbone=unit_small, pretrained=False, steps=1, size=32, device="cpu", milestones=(1,))
+    train(SyntheticFewShot("trainaug", 200, size=32), train_classes(0), cfg, progress=False)
+    assert seen == [UNIT, UNIT]
+
+    used = []
+    monkeypatch.setattr(inference, "normalize", lambda images, stats: used.append(stats) or images.float() / 255)
+    image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()
+    mask = torch.zeros(32, 32, dtype=torch.long)
+    mask[8:24, 8:24] = 1
+    inference.segment(model, [[image]], [[mask.numpy()]], [image], size=32)
+    assert used == [UNIT, UNIT]
+
+
+def test_models_with_different_input_statistics_are_not_tested_together(unit_small):
+    models = {"imagenet": PANet("small"), "unit": PANet(unit_small)}
+    with pytest.raises(ValueError, match="normalise their images with different statistics"):
+        evaluating.evaluate(models, SyntheticFewShot("val", 200, size=32), fold_classes(0),
+                            EvalConfig(runs=1, episodes=1, size=32, device="cpu"), progress=False)
+
+
+def test_an_encoder_spec_is_what_the_model_asks(unit_small):
+    assert isinstance(PANet(unit_small).encoder_spec, EncoderSpec)
+    assert PANet("dinov2_vits14").encoder_spec.stride == 14
+
+
+def test_the_views_draw_their_episode_with_the_model_s_statistics(unit_small):
+    from panet_lite.explain import episode_counts, load_episode
+    from panet_lite.widgets import ModelSwapWidget
+
+    source = SyntheticFewShot("val", 200, size=32)
+    _, item = load_episode(source, fold_classes(0), stats=UNIT)
+    assert item["query_images"].min() >= 0 and item["query_images"].max() <= 1
+    counts = episode_counts(PANet(unit_small), source, fold_classes(0), episodes=2, size=32)
+    assert counts["faithful"].shape[1] == 2
+    with pytest.raises(ValueError, match="normalise their images with different statistics"):
+        ModelSwapWidget({"a": PANet("small"), "b": PANet(unit_small)}, source)
