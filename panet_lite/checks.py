@@ -909,3 +909,41 @@ def check_self_support(fn: Callable) -> bool:
         ref = self_support_prototypes(feats[None], scores[None])
         cases.append(Case(label, (feats, scores), torch.stack([ref["fg"][0], ref["bg"][0]])))
     return _run(ex, fn, cases)
+
+
+# ----------------------------------------------------------------------------- chapter 10
+
+def _nearest_cells(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    H, W = mask.shape
+    return F.interpolate(mask[None, None], size=(H // patch, W // patch), mode="nearest")[0, 0]
+
+
+MISTAKES["patch_coverage"] = [
+    ("nearest downsampling (it keeps one pixel of each patch, not the share of its area)", _nearest_cells),
+    ("bilinear downsampling without antialiasing (it reads a few pixels near each patch's centre)",
+     lambda m, p: F.interpolate(m[None, None], size=(m.shape[0] // p, m.shape[1] // p), mode="bilinear",
+                                align_corners=False)[0, 0]),
+    ("reshaping to (h, w, patch, patch) directly (rows of different patches get mixed: split each side "
+     "into (cells, patch) first)",
+     lambda m, p: m.reshape(m.shape[0] // p, m.shape[1] // p, p, p).mean(dim=(2, 3))),
+    ("counting the pixels instead of their share (divide by patch x patch)",
+     lambda m, p: m.unflatten(0, (m.shape[0] // p, p)).unflatten(2, (m.shape[1] // p, p)).sum(dim=(1, 3))),
+]
+
+
+def check_patch_coverage(fn: Callable) -> bool:
+    """fn(mask (H, W) float 0/1, patch) -> (H / patch, W / patch): the share of each patch inside the mask."""
+    from .foundation import patch_coverage
+
+    ex = Exercise("patch coverage", "the mean of the mask over each patch's pixels", mistakes=MISTAKES["patch_coverage"],
+                  shape_hints=[(lambda g, e: g == e[::-1], "rows first: (H / patch, W / patch)"),
+                               (lambda g, e: len(g) == 4, "average over the two within-patch dimensions")],
+                  rules=[(lambda got, case: bool(((got >= 0) & (got <= 1)).all()),
+                          "a share of a patch lies in [0, 1]")])
+    half = torch.zeros(28, 42)
+    half[:, :21] = 1  # the left half: the middle column of patches is half covered
+    cases = [Case(label, (mask, patch), patch_coverage(mask, patch)) for label, mask, patch in (
+        ("a 28x42 mask covering its left half, 14-px patches", half, 14),
+        ("a random 42x28 mask, 14-px patches", _mask(3, 42, 28, p=0.5), 14),
+        ("a random 12x20 mask, 4-px patches", _mask(4, 12, 20, p=0.3), 4))]
+    return _run(ex, fn, cases)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .data import train_classes
+from .data import SegmentationSource, train_classes
 from .demo import DemoConfig, demo_train_config
 from .methods import ALIGN, get_method
 from .model import PANet
@@ -68,3 +68,32 @@ def train_or_load(fold: int = 0, shots: int = 1, align: bool = True, steps: int 
         print(f"training {name} for {cfg.steps} steps into {out.as_posix()}/ (a few minutes on 2 CPU cores)")
     source, _ = course_sources()
     return train(source, train_classes(fold), cfg, out=out, progress=progress)
+
+
+def foundation_model(backbone: str = "dinov2_vits14", method: str = "panet") -> tuple[PANet, bool]:
+    """PANet (or another method) on a frozen DINOv2 encoder with its pretrained weights, downloaded once
+    into the Hugging Face cache; where they cannot be had (offline), one line saying what and how, and
+    the same model with random weights. Returns (model in eval mode, whether the weights are DINOv2's)."""
+    from .foundation import FoundationWeightsUnavailable
+
+    try:
+        return PANet(backbone, pretrained=True, method=method).eval(), True
+    except FoundationWeightsUnavailable as error:
+        print(f"{error}. Going on with RANDOM weights: shapes and mechanics only, not results")
+        return PANet(backbone, pretrained=False, method=method).eval(), False
+
+
+def photo_source(voc_root: str | Path = "../data/pascal") -> tuple[SegmentationSource, int | None, str]:
+    """A prepared VOC's PASCAL-5i test images (PANet's test split) at 417 px where `voc_root` holds one,
+    else the embedded dataset's test stream at its own size; with a line saying which, and why."""
+    from .sources import open_source, split_for
+
+    root = Path(voc_root)
+    if root.is_dir():
+        try:
+            return (open_source("pascal5i", root, split_for("pascal5i", "faithful")), 417,
+                    f"PASCAL VOC in {root.as_posix()}")
+        except (OSError, ValueError) as error:
+            print(f"{root.as_posix()} is not a prepared VOC ({str(error).splitlines()[0]})")
+    why = f"no prepared VOC in {root.as_posix()} (python -m panet_lite prepare pascal --root data/pascal)"
+    return course_sources()[1], None, f"the embedded dataset: {why}"

@@ -67,6 +67,19 @@ def input_side(size: int, stride: int = PATCH_SIZE) -> int:
     return max(stride, (size + stride // 2) // stride * stride)
 
 
+def patch_coverage(mask: torch.Tensor, patch: int = PATCH_SIZE) -> torch.Tensor:
+    """The fraction of each patch's pixels inside a mask: (..., H, W), both sides multiples of `patch`
+    -> (..., H / patch, W / patch). A token's weight in PANet's masked average pooling when the
+    tokens are upsampled to the mask by nearest interpolation (chapter 10)."""
+    H, W = mask.shape[-2:]
+    if H % patch or W % patch:
+        raise ValueError(f"a {H} x {W} mask does not split into {patch} x {patch} patches: fit the image first "
+                         f"(DINOv2Encoder.fit, input_side)")
+    x = mask if mask.is_floating_point() else mask.float()  # float64 stays float64
+    blocks = x.unflatten(-2, (H // patch, patch)).unflatten(-1, (W // patch, patch))
+    return blocks.mean(dim=(-3, -1))
+
+
 class DINOv2Encoder(nn.Module):
     """A frozen DINOv2 ViT: (B, 3, H, W) -> (B, C, H/14, W/14), C = 384 (ViT-S/14) or 768 (ViT-B/14).
 

@@ -189,12 +189,14 @@ class SimilarityMapWidget(_EncodedEpisodeView):
     Episodes of the fold's held-out classes are drawn with `max_shots` shots; the shots slider
     uses the first k of them, so the query stays the same while you change k. Features are
     computed once per episode: moving alpha or shots only reruns the matching.
-    `state` is `similarity_maps(...)` plus "episode" (image ids) and "class_ids".
+    `state` is `similarity_maps(...)` plus "episode" (image ids) and "class_ids". `note` is a line
+    under the title of every figure, e.g. which weights the encoder has.
     """
 
     def __init__(self, model: PANet, source: SegmentationSource, fold: int = 0, ways: int = 1, shots: int = 1,
                  alpha: float | None = None, seed: int = 1234, index: int = 0, max_shots: int = MAX_SHOTS,
-                 size: int | None = None) -> None:
+                 size: int | None = None, note: str | None = None) -> None:
+        self.note = note
         controls = self._episode_controls(model, source, fold, ways, shots, seed, index, max_shots, size)
         alpha = model.alpha if alpha is None else alpha
         self.alpha = _slider(widgets.FloatLogSlider, "alpha", alpha, -1, 2, step=0.05, base=10,
@@ -214,7 +216,8 @@ class SimilarityMapWidget(_EncodedEpisodeView):
         # The IoU of this one episode (episode_iou), as in the prediction panel; with several ways, their mean.
         n_ways = len(self.state["class_ids"])
         what = "IoU" if n_ways == 1 else f"mean IoU of the {n_ways} ways"
-        fig.suptitle(f"{self.title()}: {what} {self.state['miou']:.2f}", fontsize=10, y=1.0, va="bottom")
+        note = f"\n{self.note}" if self.note else ""
+        fig.suptitle(f"{self.title()}: {what} {self.state['miou']:.2f}{note}", fontsize=10, y=1.0, va="bottom")
         return fig
 
 

@@ -378,6 +378,19 @@ def _wrapped(fn, **kw):
     return lambda *a: fn(*a, **kw)
 
 
+def _cells(m, p):
+    return m.unflatten(0, (m.shape[0] // p, p)).unflatten(2, (m.shape[1] // p, p))
+
+
+WRONG_COVERAGE = {
+    "rows and columns swapped (a transposed result)": lambda m, p: _cells(m, p).mean(dim=(1, 3)).T,
+    "avg_pool2d with stride 1 (overlapping windows)": lambda m, p: F.avg_pool2d(m[None, None], p, stride=1)[0, 0],
+    "the largest pixel of each patch (touched or not)": lambda m, p: _cells(m, p).amax(dim=(1, 3)),
+    "the whole mask's share on every patch": lambda m, p: torch.full((m.shape[0] // p, m.shape[1] // p),
+                                                                     m.mean().item()),
+    "the count floor-divided by the patch's area": lambda m, p: _cells(m, p).sum(dim=(1, 3)) // (p * p),
+}
+
 WRONG = {
     "episode_labels": [("a remap done in place, one way after another", labels_remapped_in_place),
                        ("classes outside the episode dropped by id > N", labels_others_dropped_by_id),
@@ -411,6 +424,7 @@ WRONG = {
     "class_iou": [(d, _wrapped(_class_iou, **kw)) for d, kw in WRONG_IOU.items()],
     "fold_summary": [(d, _wrapped(_summary, **kw)) for d, kw in WRONG_SUMMARY.items()],
     "self_support": [(d, _wrapped(_ssp, **kw)) for d, kw in WRONG_SSP.items()],
+    "patch_coverage": list(WRONG_COVERAGE.items()),
 }
 
 CHECKERS = {"episode_labels": "check_episode_labels", "support_masks": "check_support_masks",
@@ -418,7 +432,7 @@ CHECKERS = {"episode_labels": "check_episode_labels", "support_masks": "check_su
             "prototype_scores": "check_prototype_scores", "alignment_loss": "check_alignment_loss",
             "learning_rate": "check_learning_rate", "training_step": "check_training_step",
             "class_iou": "check_class_iou", "fold_summary": "check_fold_summary",
-            "self_support": "check_self_support"}
+            "self_support": "check_self_support", "patch_coverage": "check_patch_coverage"}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ CHECKERS = {"episode_labels": checks.check_episode_labels, "support_masks": chec
             "masked_average_pool": checks.check_masked_average_pool, "prototypes": checks.check_prototypes,
             "prototype_scores": checks.check_prototype_scores, "alignment_loss": checks.check_alignment_loss,
             "class_iou": checks.check_class_iou, "fold_summary": checks.check_fold_summary,
-            "self_support": checks.check_self_support, "training_step": checks.check_training_step}
+            "self_support": checks.check_self_support, "training_step": checks.check_training_step,
+            "patch_coverage": checks.check_patch_coverage}
 
 
 @pytest.fixture(scope="module")

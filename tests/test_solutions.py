@@ -64,3 +64,9 @@ def test_ch09_solutions():
     from solutions import ch09
 
     assert checks.check_self_support(ch09.my_self_support)
+
+
+def test_ch10_solutions():
+    from solutions import ch10
+
+    assert checks.check_patch_coverage(ch10.my_patch_coverage)

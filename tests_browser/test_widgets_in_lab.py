@@ -357,3 +357,19 @@ def test_ssp_step_by_step(chapter):
     w.screenshot("09-ssp-after-episode-3")
     assert other.shape == refined.shape and differs(region(refined, 0.05, 0.45, 0.0, 0.15),
                                                     region(other, 0.05, 0.45, 0.0, 0.15))
+
+
+def test_similarity_maps_on_dinov2_tokens(chapter):
+    # Chapter 10's widget on frozen DINOv2 features (random weights here: no network); the table after it
+    # is not needed.
+    w = chapter("10_after_panet.ipynb", upto="SimilarityMapWidget(model").widget("SimilarityMapWidget(")
+    before = w.image()
+    w.screenshot("10-dinov2-similarity-before")
+    after = w.set_slider("alpha", 2)
+    w.screenshot("10-dinov2-similarity-after-alpha-2")
+    assert after.shape == before.shape
+    assert not differs(region(before, 0.0, 0.3, 0.0, 0.2), region(after, 0.0, 0.3, 0.0, 0.2))  # same support
+    assert differs(region(before, 0.7, 1.0, 0.2, 1.0), region(after, 0.7, 1.0, 0.2, 1.0))  # other probabilities
+    other = w.set_slider("episode", 2)
+    w.screenshot("10-dinov2-similarity-episode-2")
+    assert differs(region(after, 0.0, 0.3, 0.0, 0.2), region(other, 0.0, 0.3, 0.0, 0.2))  # another support
