@@ -300,14 +300,15 @@ def foundation_markdown() -> str:
     """The foundation-model rows as Markdown, each with where it was read (numbered notes under the table);
     unchecked numbers say so in their cell."""
     notes: list[str] = []
-    lines = ["| method | year | frozen / trained | setting | mIoU | read from |", "|---|---|---|---|---|---|"]
+    lines = ["| method | year | frozen / trained | setting | mIoU | test | read from |", "|---|---|---|---|---|---|---|"]
     for r in FOUNDATION_RESULTS:
         what = f"{r.backbones}; " + ("nothing trained" if not r.trains else "prompt encoder trained on base classes")
         setting = f"{_DATASET_NAMES[r.dataset]} {r.ways}-way {r.shots}-shot"
         mean = f"{r.mean:.1f}" + ("" if r.checked else " (NOT CHECKED)")
         if r.source not in notes:
             notes.append(r.source)
-        lines.append(f"| {r.method} | {r.year} ({r.venue}) | {what} | {setting} | {mean} | "
+        test = TESTS.get(r.test, r.test)
+        lines.append(f"| {r.method} | {r.year} ({r.venue}) | {what} | {setting} | {mean} | {test} | "
                      f"[{notes.index(r.source) + 1}] |")
     note = ("Each method was tested its own way (other episode lists, image sizes and backbones than PANet's "
             "`TESTS['panet']`): these numbers are history, not a ranking.")

@@ -247,3 +247,27 @@ def test_the_command_line_s_reproduce_notrain_writes_to_its_own_folder(monkeypat
                      "--method", "ssp", "--pretrained", "false"]) == 0
     assert got["notrain"] and got["out"] == "runs/synthetic-ssp-notrain-dinov2_vits14"
     assert (got["cfg"].backbone, got["cfg"].method) == ("dinov2_vits14", "ssp")
+
+
+def test_the_chapter_s_model_offline_is_one_line_and_random_weights(monkeypatch, tmp_path, capsys):
+    from panet_lite.course import foundation_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    model, pretrained = foundation_model("dinov2_vits14", method="mlc")
+    lines = capsys.readouterr().out.splitlines()
+    assert not pretrained and not model.training and model.method == "mlc"
+    assert len(lines) == 1 and "dinov2_vits14" in lines[0] and "88.2 MB" in lines[0] and "--pretrained PATH" in \
+        lines[0] and lines[0].endswith("Going on with RANDOM weights: shapes and mechanics only, not results")
+
+
+def test_the_chapter_s_photos_come_from_a_prepared_voc_else_the_embedded_data(tmp_path):
+    from panet_lite.course import photo_source
+    from panet_lite.pascal import PascalVOC
+    from panet_lite.synthetic import SyntheticFewShot, write_voc_tree
+
+    root = write_voc_tree(tmp_path / "voc", n_train=40, n_val=20, size=32)
+    source, size, where = photo_source(root)
+    assert isinstance(source, PascalVOC) and size == 417 and where.startswith("PASCAL VOC in")
+    source, size, where = photo_source(tmp_path / "nothing")
+    assert isinstance(source, SyntheticFewShot) and size is None and "prepare pascal --root data/pascal" in where

@@ -268,3 +268,18 @@ def test_lineage_is_ordered_and_shares_the_package_numbers():
         assert e.read_from and (e.one_shot is None) == (e.five_shot is None)
     table = paper.lineage_markdown()
     assert table.count("\n") == len(paper.LINEAGE) + 1 and "| SSP | 2022 |" in table
+
+
+@pytest.mark.parametrize("original_size", [False, True])
+def test_protocol_hsnet_without_training_on_frozen_dinov2_tokens(fold0_tree, capsys, original_size):
+    # The images are fitted to whole 14-px patches (32 -> 28); the labels, and the score, stay at 32 px or,
+    # with --original-size, at each query's own size.
+    argv = ["test", "--dataset", "pascal5i", "--root", str(fold0_tree), "--fold", "0", "--protocol", "hsnet",
+            "--notrain", "--backbone", "dinov2_vits14", "--pretrained", "false", "--method", "ssp",
+            "--device", "cpu", "--size", "32", "--episodes", "40", "--json"]
+    assert main(argv + (["--original-size"] if original_size else [])) == 0
+    out = capsys.readouterr().out
+    assert "hsnet protocol, fold 0, 1-way 1-shot, 1 x 40 episodes" in out
+    assert "no training: SSP's matching on dinov2_vits14's RANDOM weights (--pretrained false): NOT a result" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert 0 <= result["miou"] <= 1 and set(result["class_iou"]) == {"1", "2", "3", "4", "5"}
