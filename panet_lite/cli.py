@@ -288,6 +288,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
+    import torch
+
     from .evaluate import check_support, evaluate
     from .model import PANet
     from .reproduce import standard_episodes_name
@@ -308,6 +310,7 @@ def cmd_test(args) -> int:
     bench = benchmark(args.dataset)
     seen: list[int] = []
     if args.notrain:
+        torch.manual_seed(0)  # weights not loaded (--pretrained false) are the same draw every run
         model = PANet(args.backbone, pretrained=args.pretrained, method=args.method or "panet")
     else:
         ckpt = load_checkpoint(args.checkpoint)

@@ -80,6 +80,9 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
     test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), options)
     check_support(test_source, eval_cfg.support)  # before training: boxes without instance masks fail now
     if notrain:
+        import torch
+
+        torch.manual_seed(train_cfg.seed)  # weights not loaded (pretrained False) are the same draw every run
         model = PANet(train_cfg.backbone, pretrained=train_cfg.pretrained, method=train_cfg.method,
                       refine=train_cfg.refine)
     else:

@@ -271,3 +271,14 @@ def test_the_chapter_s_photos_come_from_a_prepared_voc_else_the_embedded_data(tm
     assert isinstance(source, PascalVOC) and size == 417 and where.startswith("PASCAL VOC in")
     source, size, where = photo_source(tmp_path / "nothing")
     assert isinstance(source, SyntheticFewShot) and size is None and "prepare pascal --root data/pascal" in where
+
+
+def test_random_weights_are_the_same_draw_every_run(capsys, monkeypatch, tmp_path):
+    from panet_lite import cli
+
+    monkeypatch.chdir(tmp_path)
+    results = []
+    for _ in range(2):
+        assert cli.main([*NOTRAIN, "--pretrained", "false", "--episodes", "5", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[0] == results[1]
