@@ -133,9 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: runs/DATASET, runs/DATASET-METHOD for a "
                    "later method, and -notrain-BACKBONE after it with --notrain)")
     p.add_argument("--notrain", action="store_true", help="train nothing: test the method's matching on the "
-                   "encoder's pretrained weights (--backbone dinov2_vits14, dinov2_vitb14, vgg16 or resnet50; "
-                   "--pretrained PATH for a local copy, false for random weights, which are no result); the "
-                   "table says no training")
+                   f"encoder's pretrained weights (--backbone {', '.join(PRETRAINED_BACKBONES)}; --pretrained PATH "
+                   "for a local copy, false for random weights, which are no result); the table says no training")
     p.add_argument("--gpus", default=None, type=int_tuple(0), help="comma-separated GPU ids: run the (fold, shots) "
                    "jobs side by side, one per GPU at a time, each in its own process (default: one after the "
                    "other on --device)")
@@ -288,11 +287,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
-    import torch
-
     from .evaluate import check_support, evaluate
-    from .model import PANet
-    from .reproduce import standard_episodes_name
+    from .reproduce import standard_episodes_name, untrained_features, untrained_model
     from .sources import benchmark, open_source, split_for
     from .train import load_checkpoint, model_from_checkpoint
 
@@ -310,8 +306,7 @@ def cmd_test(args) -> int:
     bench = benchmark(args.dataset)
     seen: list[int] = []
     if args.notrain:
-        torch.manual_seed(0)  # weights not loaded (--pretrained false) are the same draw every run
-        model = PANet(args.backbone, pretrained=args.pretrained, method=args.method or "panet")
+        model = untrained_model(args.backbone, args.pretrained, args.method or "panet", seed=0)
     else:
         ckpt = load_checkpoint(args.checkpoint)
         seen = seen_classes(ckpt, bench, args.fold, args.checkpoint, args.allow_seen_classes)
@@ -340,9 +335,8 @@ def cmd_test(args) -> int:
     if seen:
         print(f"  NOT a few-shot result: the checkpoint was trained on test classes {seen} (--allow-seen-classes)")
     if args.notrain:
-        print(f"  no training: {model.matching.title}'s matching on {args.backbone}'s " + (
-              "pretrained features" if args.pretrained else
-              "RANDOM weights (--pretrained false): NOT a result, a check that the pipeline runs"))
+        print(f"  no training: {model.matching.title}'s matching on "
+              f"{untrained_features(args.backbone, args.pretrained)}")
     elif model.matching is not trained_with:
         print(f"  {model.matching.title}'s matching on an encoder trained with {trained_with.title}'s")
     if args.json:

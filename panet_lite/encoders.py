@@ -13,7 +13,7 @@ from torch import nn
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .files import load_torch_file
-from .foundation import FOUNDATION_BACKBONES, PATCH_SIZE
+from .foundation import FOUNDATION_BACKBONES, DINOv2Encoder
 
 # (out_channels, n_convs) of VGG-16's five blocks.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -342,8 +342,8 @@ def _vgg16(pretrained, resnet_layer) -> VGG16Encoder:
 
 def _small(pretrained, resnet_layer) -> SmallEncoder:
     if pretrained:
-        raise ValueError("the small encoder has no ImageNet weights: use pretrained=False (--pretrained false; "
-                         "`test --notrain` needs --backbone vgg16 or resnet50)")
+        raise ValueError(f"the small encoder has no ImageNet weights: use pretrained=False (--pretrained false; "
+                         f"`test --notrain` needs --backbone {' or '.join(PRETRAINED_BACKBONES)})")
     return SmallEncoder()
 
 
@@ -364,10 +364,12 @@ ENCODERS: dict[str, EncoderSpec] = {
                                      "MLC's and SSP's deep-stem ResNet-50 (weights: a local file)"),
     "small": EncoderSpec(_small, "the CPU course's small CNN", recompute=True),
     **{name: EncoderSpec(_dinov2(name), f"a frozen DINOv2 {b.arch}", b.mean, b.std,
-                         PATCH_SIZE, 21, trains=False,
+                         DINOv2Encoder.stride, DINOv2Encoder.min_size, trains=False,
                          weights=f"timm's {b.timm_name} ({b.size_mb:g} MB, Hugging Face hub)")
        for name, b in FOUNDATION_BACKBONES.items()},
 }
+
+
 class _Names(Sequence):
     """The names of the registered encoders that `keep` accepts, read from ENCODERS at each use (so an
     encoder registered later is among them): what --backbone's choices and checks compare with."""
@@ -406,8 +408,6 @@ def build_encoder(backbone: str, pretrained: bool | str | Path = False, resnet_l
     "resnet50-deepstem", "small", or a frozen DINOv2 ViT ("dinov2_vits14", "dinov2_vitb14").
     `pretrained` True loads its weights (see ENCODERS[backbone].weights), a path a local copy."""
     return encoder_spec(backbone).build(pretrained, resnet_layer)
-
-
 
 
 def recompute_pieces(encoder: nn.Module) -> list[nn.Sequential]:

@@ -256,12 +256,6 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def run_folder(dataset: str, method: str = "panet") -> str:
-    """The default folder of a dataset's runs: runs/DATASET, or runs/DATASET-TAG for a method with a run tag."""
-    tag = get_method(method).run_tag
-    return f"runs/{dataset}" if tag is None else f"runs/{dataset}-{tag}"
-
-
 def methods_help() -> str:
     """--method's help, from the registry."""
     with_recipe = [n for n, m in METHODS.items() if m.recipe]

@@ -11,8 +11,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import torch
+
 from .evaluate import EvalConfig, check_support, evaluate
-from .methods import get_method, run_folder
+from .methods import get_method
 from .model import PANet
 from .paper import foundation_markdown, later_markdown
 from .sources import REGISTRY, benchmark, open_source, split_for
@@ -27,15 +29,24 @@ FAITHFUL_TEST = "panet"  # the key of paper.TESTS that our faithful protocol imp
 
 
 def runs_folder(dataset: str, method: str = "panet") -> str:
-    """The default folder of a dataset's runs: runs/DATASET for PANet, runs/DATASET-TAG for a method with a
-    run tag (methods.py)."""
-    return run_folder(dataset, method)
+    """The default folder of a dataset's runs: runs/DATASET, or runs/DATASET-TAG for a method with a run
+    tag (methods.py: MLC's and SSP's)."""
+    tag = get_method(method).run_tag
+    return f"runs/{dataset}" if tag is None else f"runs/{dataset}-{tag}"
 
 
-def published_result(method: str, dataset: str, ways: int, shots: int):
-    """The method's published row of a setting (PaperResult for PANet, LaterResult for the later methods),
-    or None if there is none."""
-    return get_method(method).published_result(dataset, ways, shots)
+def untrained_model(backbone: str, pretrained, method: str = "panet", refine: bool = False, seed: int = 0) -> PANet:
+    """--notrain's model: the method's matching on the encoder's pretrained weights (True: downloaded, a
+    path: a local copy); with pretrained False, random weights, the same draw for the same seed."""
+    torch.manual_seed(seed)
+    return PANet(backbone, pretrained=pretrained, method=method, refine=refine)
+
+
+def untrained_features(backbone: str, pretrained) -> str:
+    """What an untrained model matched on, as its report and its table say it."""
+    if pretrained:
+        return f"{backbone}'s pretrained features"
+    return f"{backbone}'s RANDOM weights (--pretrained false): NOT a result, a check that the pipeline runs"
 
 
 def run_dir(out: Path, fold: int, shots: int, ways: int = 1) -> Path:
@@ -80,11 +91,8 @@ def train_and_test(dataset: str, root, fold: int, shots: int, train_cfg: TrainCo
     test_source = open_source(dataset, root, split_for(dataset, eval_cfg.protocol), options)
     check_support(test_source, eval_cfg.support)  # before training: boxes without instance masks fail now
     if notrain:
-        import torch
-
-        torch.manual_seed(train_cfg.seed)  # weights not loaded (pretrained False) are the same draw every run
-        model = PANet(train_cfg.backbone, pretrained=train_cfg.pretrained, method=train_cfg.method,
-                      refine=train_cfg.refine)
+        model = untrained_model(train_cfg.backbone, train_cfg.pretrained, train_cfg.method, train_cfg.refine,
+                                train_cfg.seed)
     else:
         source = open_source(dataset, root, split_for(dataset, "train"), options)
         model, _ = train(source, bench.train_classes(fold), train_cfg, out=d, progress=progress)  # or load, if done
@@ -266,7 +274,7 @@ def summarize(dataset: str, rows: list[dict], ways: int = 1, compare: bool | Non
             weak = get_method(method).published_weak("bbox", paper_rows, ways, shots)
             entry |= {"paper_miou": {}, "paper_mean": weak, "paper_fb_iou": None}
         elif compare and support == "dense":
-            paper = published_result(method, paper_rows or dataset, ways, shots)
+            paper = get_method(method).published_result(paper_rows or dataset, ways, shots)
             entry |= {"paper_miou": dict(enumerate(paper.folds)) if paper and paper.folds else {},
                       "paper_mean": paper.mean if paper else None,
                       "paper_fb_iou": getattr(paper, "fb_iou", None) if paper else None,
@@ -333,9 +341,7 @@ def _notrain_title(table: dict) -> str:
     """A table of untrained models: which matching on which features, under which test; no published
     number beside (they are trained models'); random weights said to be no result."""
     setting, method = table["notrain"], get_method(table.get("method", "panet"))
-    features = (f"{setting['backbone']}'s pretrained features" if setting["pretrained"] else
-                f"{setting['backbone']}'s RANDOM weights (--pretrained false): NOT a result, a check that the "
-                f"pipeline runs")
+    features = untrained_features(setting["backbone"], setting["pretrained"])
     where = (f"{PIPELINE_CHECK} on the embedded data" if table.get("kind") == PIPELINE_CHECK
              else table["dataset"])
     spread = "one run of 1,000 episodes" if table.get("protocol") == "hsnet" else "mean ± std over runs"

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import distributed
 from .data import IGNORE, IMAGENET_STATS, SegmentationSource
-from .encoders import ENCODERS, MIN_IMAGE_SIZE, RECOMPUTE_BACKBONES, encoder_spec
+from .encoders import ENCODERS, FROZEN_BACKBONES, MIN_IMAGE_SIZE, RECOMPUTE_BACKBONES, encoder_spec
 from .episodes import EpisodeDataset
 from .files import FolderLock, atomic_write, ensure_folder, load_torch_file
 from .methods import ALIGN, METHODS, get_method, methods_help
@@ -30,8 +30,9 @@ class TrainConfig:
     """Defaults are PANet's PASCAL-5i recipe (docs/protocol.md, section 4)."""
 
     backbone: str = option("vgg16", "encoder: the paper's vgg16, a dilated resnet50, MLC's and SSP's "
-                                    "resnet50-deepstem, or the CPU course's small CNN; a frozen one (dinov2_vits14, "
-                                    "dinov2_vitb14) with reproduce --notrain only", choices=ENCODERS.keys())
+                                    "resnet50-deepstem, or the CPU course's small CNN; a frozen one "
+                                    f"({', '.join(FROZEN_BACKBONES)}) with reproduce --notrain only",
+                           choices=ENCODERS.keys())
     pretrained: bool | str = option(True, "ImageNet initialisation of the encoder: true, false, or the path of a "
                                           "local .pth state dict", parse=parse_bool_or_path)
     method: str = option("panet", methods_help(), choices=METHODS.keys())  # a live view: registered methods

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import panet_lite
-from panet_lite import cli, methods
+from panet_lite import cli
 from panet_lite.course import course_model_config, course_run_name
 from panet_lite.data import train_classes
 from panet_lite.methods import METHODS, Method, get_method
@@ -149,7 +149,7 @@ def test_the_registry_holds_what_the_course_quotes():
     assert METHODS["mlc"].published_result("coco20i", 1, 1) is None  # MLC's README gives no COCO row
     assert METHODS["panet"].published_weak("bbox", "pascal5i", 1, 1) is not None
     assert METHODS["mlc"].published_weak("bbox", "pascal5i", 1, 1) is None
-    assert methods.run_folder("coco", "panet") == "runs/coco"
+    assert runs_folder("coco", "panet") == "runs/coco"
 
 
 # ----------------------------------------------------------------------------- encoders
